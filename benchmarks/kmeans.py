@@ -21,6 +21,7 @@ import kmeans1d
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerfcomp.compress.kmeans import distortion, kmeans_1d  # noqa: E402
@@ -84,8 +85,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bits", default="1,2,3,4,5,6,7,8")
     args = parser.parse_args()
-    if args.threads:
+    if args.threads:  # torch's intra-op threads, and sklearn's OpenMP / BLAS pools alike
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     weights, source = load_weights(args.checkpoint)
     sizes = [w.numel() for w in weights]
     print(f"weights: {source}: {len(weights)} tensors, {sum(sizes)} values "
@@ -93,9 +95,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
           f"numpy {np.__version__}")  # fmt: skip
     kmeans_1d(weights, 4)  # warm-up
-    header = (f"{'bits':>4} {'ours s':>8} {'sklearn s':>10} {'exact s':>8} "
-              f"{'vs sklearn':>11} {'vs exact':>9} {'ours/opt-1':>11} {'sklearn/opt-1':>14}")  # fmt: skip
-    print(header)
+    print(f"{'bits':>4} {'ours s':>8} {'sklearn s':>10} {'exact s':>8} {'vs sklearn':>11} "
+          f"{'vs exact':>9} {'ours/opt-1':>11} {'sklearn/opt-1':>14}")  # fmt: skip
     for bits in [int(b) for b in args.bits.split(",")]:
         k = 2**bits
         t_ours, ours = timed(lambda k=k: kmeans_1d(weights, k), args.repeats)

@@ -156,6 +156,8 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
         meta["extra"] = json.loads(meta.get("extra", "{}"))
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: checkpoint metadata is corrupt ({e})") from None
+    if not isinstance(meta["config"], dict) or not isinstance(meta["extra"], dict):
+        raise ValueError(f"{path}: checkpoint metadata is corrupt (config must be an object)")
     return meta
 
 
@@ -167,7 +169,10 @@ def load_checkpoint(
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint not found: {path}")
     meta = read_checkpoint_meta(path)
-    config = NeRFConfig.from_dict(meta["config"])
+    try:
+        config = NeRFConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad NeRF config in checkpoint ({e})") from None
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:

@@ -136,9 +136,11 @@ def grid_from_density(
     """Occupancy grid from the network's own density.
 
     A cell is occupied when the density at its centre (and at ``subsamples - 1`` jittered
-    points inside it) exceeds ``threshold``, or when a neighbouring cell is: the one-cell
-    dilation keeps surfaces that fall between sample points. Never derive one network's
-    grid from another network: that would hide the artifacts of the one being rendered.
+    points inside it) exceeds ``threshold``, or when a neighbouring cell is. The one-cell
+    dilation keeps the surface of anything at least one cell wide; a structure thinner than
+    a cell that slips between the sample points can be culled (use a finer grid or more
+    subsamples for such scenes). Never derive one network's grid from another network:
+    that would hide the artifacts of the one being rendered.
     """
     res = resolution
     centres = cell_centres(res, aabb, device)
@@ -160,12 +162,17 @@ def optical_depth_packed(tau: Tensor, ray_idx: Tensor, n_rays: int) -> tuple[Ten
     """Exclusive per-ray cumulative sum of packed optical thicknesses.
 
     tau: (n,) ≥ 0, ray_idx: (n,) sorted. Returns Σ_{j<i, same ray} τ_j (n,) and the
-    per-ray totals (n_rays,). One global cumsum, restarted at each ray's first sample.
+    per-ray totals (n_rays,). One global cumsum, restarted at each ray's first sample; it
+    runs in float64 so that a ray's sum does not lose precision to the rays before it.
     """
-    csum = torch.cumsum(tau, dim=0)
-    ray_tau = torch.zeros(n_rays, device=tau.device, dtype=tau.dtype).index_add_(0, ray_idx, tau)
+    tau64 = tau.double()
+    csum = torch.cumsum(tau64, dim=0)
+    ray_tau = torch.zeros(n_rays, device=tau.device, dtype=torch.float64).index_add_(
+        0, ray_idx, tau64
+    )
     starts = torch.cumsum(ray_tau, dim=0) - ray_tau  # csum before each ray's first sample
-    return csum - tau - starts[ray_idx], ray_tau
+    excl = (csum - tau64 - starts[ray_idx]).clamp_min(0)
+    return excl.to(tau.dtype), ray_tau.to(tau.dtype)
 
 
 def composite_packed(
@@ -208,6 +215,9 @@ def march_samples(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fixed-step samples inside the cube, minus those in empty grid cells.
+
+    With a grid, marching starts at the box around its occupied cells (not the cube), so
+    the samples are shifted by a fraction of a step against those without a grid.
 
     Returns packed ray_idx (n,), step_idx (n,) and t (n,) at each sample's midpoint,
     sorted by ray then step. Segment length is ``settings.step_size`` for every sample.

@@ -38,7 +38,7 @@ from nerfcomp.render import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "photometric_loss", "train"]
 
 
 @dataclass(frozen=True)
@@ -97,22 +97,35 @@ class DensityGrid:
         return OccupancyGrid(occ, self.cfg.model.aabb)
 
 
+def photometric_loss(
+    model: torch.nn.Module,
+    rays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    n_rays: int,
+    grid: OccupancyGrid,
+    settings: RenderSettings,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """MSE of ``n_rays`` random rays rendered by ``model`` against their pixels.
+
+    rays: origins (N, 3), dirs (N, 3), rgb (N, 3). ``model`` has ``density(x)`` and
+    ``forward(x, d) -> (rgb, σ)``; samples behind opaque surfaces are culled first.
+    """
+    origins, dirs, rgb = rays
+    pick = torch.randint(0, origins.shape[0], (n_rays,), generator=g).to(origins.device)
+    o, d, target = origins[pick], dirs[pick], rgb[pick]
+    ray_idx, _, t = march_samples(o, d, settings, grid, stratified=True, generator=g)
+    with torch.no_grad():
+        vis = visible_samples(model.density, o, d, ray_idx, t, settings)
+    ray_idx, t = ray_idx[vis], t[vis]
+    color, sigma = model(o[ray_idx] + t[:, None] * d[ray_idx], d[ray_idx])
+    deltas = torch.full_like(t, settings.step_size)
+    pred, _, _ = composite_packed(sigma, color, deltas, ray_idx, n_rays, settings.background)
+    return F.mse_loss(pred, target)
+
+
 def train_step(model: NeRF, opt, rays, grid: OccupancyGrid, cfg: TrainConfig, g) -> float:
     """One Adam step on a random batch of rays; returns the batch MSE."""
-    origins, dirs, rgb = rays
-    pick = torch.randint(0, origins.shape[0], (cfg.batch_rays,), generator=g).to(origins.device)
-    o, d, target = origins[pick], dirs[pick], rgb[pick]
-    ray_idx, _, t = march_samples(o, d, cfg.render, grid, stratified=True, generator=g)
-    with torch.no_grad():
-        vis = visible_samples(model.density, o, d, ray_idx, t, cfg.render)
-    ray_idx, t = ray_idx[vis], t[vis]
-    pts = o[ray_idx] + t[:, None] * d[ray_idx]
-    color, sigma = model(pts, d[ray_idx])
-    deltas = torch.full_like(t, cfg.render.step_size)
-    pred, _, _ = composite_packed(
-        sigma, color, deltas, ray_idx, cfg.batch_rays, cfg.render.background
-    )
-    loss = F.mse_loss(pred, target)
+    loss = photometric_loss(model, rays, cfg.batch_rays, grid, cfg.render, g)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

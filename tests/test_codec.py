@@ -99,17 +99,31 @@ def test_exact_byte_counts_of_raw_parts():
 def test_nested_sequential_all_activations_named_children():
     torch.manual_seed(0)
     inner = nn.Sequential(nn.Linear(9, 8), nn.SiLU(), nn.Linear(8, 8, bias=False), nn.Sigmoid())
-    model = nn.Sequential(OrderedDict([
-        ("inp", nn.Linear(5, 9)), ("a", nn.LeakyReLU(0.2)), ("inner", inner),
-        ("b", nn.Softplus(beta=2.0)), ("c", nn.GELU(approximate="tanh")), ("d", nn.Identity()),
-        ("e", nn.ELU(0.5)), ("f", nn.Tanh()), ("out", nn.Linear(8, 2)),
-    ])).eval()
+    model = nn.Sequential(
+        OrderedDict(
+            [
+                ("inp", nn.Linear(5, 9)),
+                ("a", nn.LeakyReLU(0.2)),
+                ("inner", inner),
+                ("b", nn.Softplus(beta=2.0)),
+                ("c", nn.GELU(approximate="tanh")),
+                ("d", nn.Identity()),
+                ("e", nn.ELU(0.5)),
+                ("f", nn.Tanh()),
+                ("out", nn.Linear(8, 2)),
+            ]
+        )
+    ).eval()
     small = compress(model, CompressionConfig(bits=5, prune=0.1))
     again = decode(encode(small))
     x = torch.randn(20, 5)
     assert torch.equal(again(x), small(x)) and not again.training
     assert [n for n, m in again.named_modules() if isinstance(m, CompressedLinear)] == [
-        "inp", "inner.0", "inner.2", "out"]
+        "inp",
+        "inner.0",
+        "inner.2",
+        "out",
+    ]
     assert again.b.beta == 2.0 and again.c.approximate == "tanh" and again.a.negative_slope == 0.2
 
 
@@ -193,12 +207,15 @@ def test_flipped_byte_raises(blob, where):
         decode(bytes(bad))
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty"),
-    (b"PK\x03\x04" + bytes(40), "bad magic"),
-    (pickle.dumps({"weight": [1.0, 2.0]}), "bad magic"),
-    (bytes(range(256)) * 4, "bad magic"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"PK\x03\x04" + bytes(40), "bad magic"),
+        (pickle.dumps({"weight": [1.0, 2.0]}), "bad magic"),
+        (bytes(range(256)) * 4, "bad magic"),
+    ],
+)
 def test_foreign_files_raise(data, match):
     with pytest.raises(ValueError, match=match):
         decode(data)
@@ -221,15 +238,18 @@ def test_future_version_and_trailing_bytes_raise(blob):
         decode(blob + b"\x00")
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda h: h.update(arch={"type": "Exec", "code": "1"}),
-    lambda h: h.update(arch={"type": "class", "name": "os:system", "spec": {}}),
-    lambda h: h["layers"][0]["tensors"][0].update(shape=[10**6, 10**6]),
-    lambda h: h["layers"][0]["tensors"][0].update(layout="zigzag"),
-    lambda h: h["layers"][0]["tensors"][0]["streams"][0].__setitem__(1, 10**9),
-    lambda h: h["layers"].pop(),
-    lambda h: h.pop("layers"),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda h: h.update(arch={"type": "Exec", "code": "1"}),
+        lambda h: h.update(arch={"type": "class", "name": "os:system", "spec": {}}),
+        lambda h: h["layers"][0]["tensors"][0].update(shape=[10**6, 10**6]),
+        lambda h: h["layers"][0]["tensors"][0].update(layout="zigzag"),
+        lambda h: h["layers"][0]["tensors"][0]["streams"][0].__setitem__(1, 10**9),
+        lambda h: h["layers"].pop(),
+        lambda h: h.pop("layers"),
+    ],
+)
 def test_malformed_header_with_valid_crc_raises(blob, mutate):
     header = read_header(blob)
     mutate(header)

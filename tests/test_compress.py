@@ -49,17 +49,32 @@ def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"bits": 0}, "bits"), ({"bits": 9}, "bits"), ({"bits": 12}, "bits"),
-        ({"bits": 64}, "bits"), ({"bits": True}, "bits"), ({"bits": 4.0}, "bits"),
-        ({"bits": "4"}, "bits"), ({"rank": 0}, "rank"), ({"rank": -3}, "rank"),
-        ({"rank": 2.5}, "rank"), ({"rank": True}, "rank"), ({"prune": -0.1}, "prune"),
-        ({"prune": 1.0}, "prune"), ({"prune": float("nan")}, "prune"),
-        ({"prune": float("inf")}, "prune"), ({"prune": True}, "prune"),
-        ({"prune": "0.5"}, "prune"), ({"admm_steps": -1}, "admm_steps"),
-        ({"admm_steps": 1.5}, "admm_steps"), ({"admm_steps": False}, "admm_steps"),
-        ({"layers": "trunk.0"}, "layers"), ({"layers": {"0": 3}}, "layers"),
-        ({"layers": {"0": {"bits": 9}}}, "bits"), ({"layers": {"0": {"rank": -1}}}, "rank"),
-        ({"layers": {"0": {"prune": 1.5}}}, "prune"), ({"layers": {"0": {"size": 1}}}, "size"),
+        ({"bits": 0}, "bits"),
+        ({"bits": 9}, "bits"),
+        ({"bits": 12}, "bits"),
+        ({"bits": 64}, "bits"),
+        ({"bits": True}, "bits"),
+        ({"bits": 4.0}, "bits"),
+        ({"bits": "4"}, "bits"),
+        ({"rank": 0}, "rank"),
+        ({"rank": -3}, "rank"),
+        ({"rank": 2.5}, "rank"),
+        ({"rank": True}, "rank"),
+        ({"prune": -0.1}, "prune"),
+        ({"prune": 1.0}, "prune"),
+        ({"prune": float("nan")}, "prune"),
+        ({"prune": float("inf")}, "prune"),
+        ({"prune": True}, "prune"),
+        ({"prune": "0.5"}, "prune"),
+        ({"admm_steps": -1}, "admm_steps"),
+        ({"admm_steps": 1.5}, "admm_steps"),
+        ({"admm_steps": False}, "admm_steps"),
+        ({"layers": "trunk.0"}, "layers"),
+        ({"layers": {"0": 3}}, "layers"),
+        ({"layers": {"0": {"bits": 9}}}, "bits"),
+        ({"layers": {"0": {"rank": -1}}}, "rank"),
+        ({"layers": {"0": {"prune": 1.5}}}, "prune"),
+        ({"layers": {"0": {"size": 1}}}, "size"),
     ],
 )
 def test_bad_config_raises_naming_the_field(kwargs, field):
@@ -68,8 +83,9 @@ def test_bad_config_raises_naming_the_field(kwargs, field):
 
 
 def test_config_is_hashable_json_and_resolves_overrides():
-    cfg = CompressionConfig(bits=4, rank=8, prune=0.25,
-                            layers={"2": LayerConfig(bits=8, rank=0), "4": {"prune": 0.5}})
+    cfg = CompressionConfig(
+        bits=4, rank=8, prune=0.25, layers={"2": LayerConfig(bits=8, rank=0), "4": {"prune": 0.5}}
+    )
     same = CompressionConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert same == cfg and hash(same) == hash(cfg)
     assert {cfg: 1}[same] == 1
@@ -163,8 +179,9 @@ def test_at_most_2_pow_bits_values_and_sparsity(bits, prune):
 def test_rank_at_most_r_and_dense_where_factors_are_not_smaller():
     model = mlp(width=32)  # 12→32 (r=4: 176 < 384), 32→32, 32→3 (4·35 ≥ 96: dense)
     small = compress(model, CompressionConfig(bits=32, rank=4))
-    parts = {name: set(m.stored) for name, m in small.named_modules()
-             if isinstance(m, CompressedLinear)}
+    parts = {
+        name: set(m.stored) for name, m in small.named_modules() if isinstance(m, CompressedLinear)
+    }
     assert parts == {"0": {"A", "B"}, "2": {"A", "B"}, "4": {"W"}}
     for name in ("0", "2"):
         assert torch.linalg.matrix_rank(small.get_submodule(name).weight) <= 4

@@ -1,0 +1,235 @@
+"""The explorer through ``gradio_client`` against the launched app: every api_name, values
+asserted (PSNR falls with the bits, the bytes are the exported file's, the file decodes to the
+same PSNR, bad input gets a clear message and the app keeps serving)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from nerfcomp import scenes, ui
+
+SCENE = "primitives"
+SIZE = 48  # preview pixels: small, so the suite stays quick on 2 busy cores
+pytestmark = pytest.mark.skipif(
+    not scenes.get_scene(SCENE).checkpoint.exists(), reason=f"no {SCENE} checkpoint"
+)
+API_NAMES = {
+    "/compress",
+    "/estimate",
+    "/inspect",
+    "/scene",
+    "/view",
+    "/preset_report",
+    "/preset_best",
+    "/preset_smallest",
+    "/refine",
+    "/cancel",
+    "/orbit",
+    "/export",
+    "/sweep_csv",
+}
+CONTRACT = {"psnr", "psnr_original", "psnr_test", "ssim", "bytes", "bytes_original", "ratio"}
+SWEEP = {  # a hand-made table: original 30 dB
+    "scene": SCENE,
+    "bytes_original": 636704,
+    "psnr_original": 30.0,
+    "points": [
+        {"bits": 8, "rank": None, "prune": 0.0, "admm_steps": 0, "psnr": 29.9, "bytes": 160000},
+        {"bits": 5, "rank": None, "prune": 0.0, "admm_steps": 0, "psnr": 29.8, "bytes": 100000},
+        {"bits": 4, "rank": None, "prune": 0.0, "admm_steps": 0, "psnr": 29.2, "bytes": 80000},
+        {"bits": 3, "rank": 32, "prune": 0.5, "admm_steps": 0, "psnr": 26.0, "bytes": 20000},
+        {"bits": 2, "rank": 16, "prune": 0.5, "admm_steps": 0, "psnr": 20.0, "bytes": 9000},
+    ],
+}
+for _p in SWEEP["points"]:
+    _p.update(ssim=0.9, ratio=round(636704 / _p["bytes"], 3))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    import app
+
+    demo = app.build_demo().queue()
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_port=_free_port(), quiet=True, **app.LAUNCH
+    )
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def compress(client, bits, **kw):
+    args = dict(rank=128, prune=0.0, azimuth=30, elevation=30, size=SIZE) | kw
+    return client.predict(SCENE, bits, api_name="/compress", **args)
+
+
+def test_every_event_has_a_public_api_name(client):
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(named) == API_NAMES
+
+
+def test_psnr_and_bytes_fall_with_the_bits(client):
+    hi, lo = compress(client, 6), compress(client, 2)
+    r6, r2 = hi[3], lo[3]
+    assert CONTRACT | {"render_ms", "timing_ms"} <= set(r6)
+    assert r6["psnr_test"] > r2["psnr_test"] + 3  # 2-bit k-means visibly hurts
+    assert r6["psnr"] > r2["psnr"]  # this view, against the ground truth
+    assert r6["psnr_percent"] > 97 and r6["psnr_original"] == r2["psnr_original"]
+    assert r6["bytes"] > r2["bytes"] > 0
+    assert r2["ratio"] == round(r2["bytes_original"] / r2["bytes"], 3)
+    assert r2["psnr_test_kind"].startswith("fixed subset")
+    assert set(r2["timing_ms"]) >= {"compress", "grid", "render", "metrics", "figures"}
+    original6, compressed6 = hi[0]
+    original2, compressed2 = lo[0]
+    assert original6.endswith(".png") and compressed6.endswith(".png")
+    assert open(compressed6, "rb").read() != open(compressed2, "rb").read()
+    assert open(original6, "rb").read() == open(original2, "rb").read()
+    assert "KB" in lo[4] and lo[2].count("nc-card'") == 6  # size line, six readout cards
+    rd = json.loads(lo[6]["plot"])
+    star = [t for t in rd["data"] if t.get("name") == "current setting"][0]
+    assert star["x"] == [r2["bytes"]] and rd["layout"]["uirevision"] == SCENE
+
+
+def test_export_is_the_file_and_decodes_to_the_same_psnr(client):
+    from nerfcomp.compress import load, read_header
+    from nerfcomp.evaluate import evaluate_model
+
+    readout = compress(client, 2)[3]
+    path, result = client.predict(
+        SCENE, 2, 128, 0.0, False, "k-means", 0, 32, api_name="/export"
+    )
+    assert os.path.getsize(path) == result["bytes"] == readout["bytes"]
+    with open(path, "rb") as f:
+        assert read_header(f.read())["meta"]["scene"] == SCENE
+    score = evaluate_model(load(path).eval(), SCENE, size=32)
+    assert score["psnr"] == result["psnr"] and score["ssim"] == result["ssim"]
+    assert result["psnr"] < result["psnr_original"] and result["test_views"] == 8
+
+
+def test_estimate_is_close_to_the_file(client):
+    text = client.predict(SCENE, 2, 128, 0.0, api_name="/estimate")
+    kb = float(re.search(r"≈ \*\*([\d,.]+) KB", text).group(1).replace(",", ""))
+    actual = compress(client, 2)[3]["bytes"] / 1e3
+    assert 0.7 * actual < kb < 1.3 * actual
+
+
+def test_inspect_shows_stages_codebook_and_rank_cut(client):
+    stages, hist, spectrum = client.predict(
+        SCENE, 2, 32, 0.0, "trunk.1", api_name="/inspect"
+    )
+    water = json.loads(stages["plot"])["data"][0]
+    assert water["x"] == ["float32", "rank 32", "k-means 2 bit", "entropy-coded"]
+    assert all(d < 0 for d in water["y"][1:])  # every stage saves bytes
+    traces = json.loads(hist["plot"])["data"]
+    books = [t for t in traces if str(t.get("name", "")).startswith("centroids")]
+    assert len(books) == 2 and all(1 < len(t["x"]) <= 4 for t in books)  # A and B, 2 bits
+    spec = json.loads(spectrum["plot"])
+    assert "rank cut at 32" in spec["layout"]["title"]["text"]
+
+
+def test_scene_and_view_controls(client):
+    update = client.predict(SCENE, api_name="/scene")
+    assert update["value"] == "trunk.1" and len(update["choices"]) == 12
+    cam = scenes.test_cameras()[1]
+    assert client.predict("held-out test view 2", api_name="/view") == (
+        cam.azimuth,
+        cam.elevation,
+    )
+
+
+def test_presets_read_the_sweep_table(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(ui, "SWEEP_DIR", tmp_path)
+    report = client.predict(SCENE, api_name="/preset_report")
+    assert report[:6] == (3, "k-means", 128, 0.0, True, ui.DEFAULT_ADMM_STEPS)
+    with pytest.raises(Exception, match="no sweep table for primitives"):
+        client.predict(SCENE, api_name="/preset_best")
+    with pytest.raises(Exception, match="python -m nerfcomp sweep --scene primitives"):
+        client.predict(SCENE, api_name="/sweep_csv")
+    (tmp_path / f"{SCENE}.sweep.json").write_text(json.dumps(SWEEP))
+    best = client.predict(SCENE, api_name="/preset_best")
+    assert best[:4] == (5, "k-means", 128, 0.0)  # smallest with ≥ 29.7 dB
+    smallest = client.predict(SCENE, api_name="/preset_smallest")
+    assert smallest[:4] == (3, "k-means", 32, 0.5)  # smallest with ≥ 25.5 dB
+    rows = list(csv.DictReader(open(client.predict(SCENE, api_name="/sweep_csv"))))
+    assert [int(r["bytes"]) for r in rows] == [9000, 20000, 80000, 100000, 160000]
+
+
+def test_orbit_video(client):
+    import imageio.v2 as imageio
+
+    path = client.predict(SCENE, 2, 128, 0.0, 4, 32, api_name="/orbit")
+    reader = imageio.get_reader(path)
+    frames = [f for f in reader]
+    assert len(frames) == 4 and frames[0].shape == (86, 132, 3)  # 2 × 64 px + gap, caption
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((SCENE, 17, 128, 0.0), "bits must be a whole number 1..8"),
+        ((SCENE, "four", 128, 0.0), "bits must be"),
+        ((SCENE, 4, 128, 1.5), "prune must be in"),
+        ((SCENE, 4, -3, 0.0), "rank must be in"),
+        (("nowhere", 4, 128, 0.0), "scene must be a scene with a checkpoint"),
+        ((SCENE, 4, 128, 0.0, 30, 30, 10**6), "size must be in"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_the_app_keeps_serving(client, args, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*args, api_name="/compress")
+    assert compress(client, 2)[3]["bits"] == 2
+
+
+def _fake_refine(delay: float):
+    """Stands in for ADMM: reports progress with a PSNR, honours cancel, returns Θ = Π(W)."""
+    from nerfcomp.compress import compress as project
+    from nerfcomp.compress.admm import Cancelled
+
+    def refine(base, cfg, scene, settings, progress=None, cancel=None):
+        for i in range(5):
+            time.sleep(delay)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("refinement cancelled")
+            if progress is not None:
+                progress((i + 1) / 5, f"LC {i + 1}/5 · train PSNR {15 + i:.2f} dB")
+        return project(base, cfg)
+
+    return refine
+
+
+def test_refine_caches_the_refined_model(client, monkeypatch):
+    monkeypatch.setattr("nerfcomp.compress.admm.refine", _fake_refine(0.3))
+    status, curve, result = client.predict(
+        SCENE, 2, 128, 0.0, 7, False, "k-means", api_name="/refine"
+    )
+    assert "Refined" in status and result["admm_steps"] == 7
+    assert result["psnr_kind"].startswith("exact") and result["bytes"] > 0
+    readout = compress(client, 2, admm_steps=7)[3]  # coming back: the cached refined model
+    assert readout["refined"] and readout["psnr_test"] == result["psnr"]
+    assert readout["psnr_test_kind"].startswith("exact")
+
+
+def test_refine_can_be_cancelled(client, monkeypatch):
+    monkeypatch.setattr("nerfcomp.compress.admm.refine", _fake_refine(1.0))
+    job = client.submit(SCENE, 2, 128, 0.0, 9, False, "k-means", api_name="/refine")
+    while "refine" not in {t.name for t in threading.enumerate()}:
+        time.sleep(0.05)
+    assert client.predict(api_name="/cancel") == "Cancelling…"
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=60)
+    assert client.predict(api_name="/cancel") == "Nothing to cancel."
