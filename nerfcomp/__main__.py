@@ -34,6 +34,7 @@ def _add_compression_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune", type=float, default=0.0, help="fraction of weights set to zero")
     p.add_argument("--admm-steps", type=int, default=0, help="ADMM refinement steps (0: instant)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--checkpoint", default=None, help="a NeRF checkpoint instead of the scene's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,14 +117,21 @@ def cmd_train(args) -> dict:
     return {**metrics, "checkpoint": str(out), "bytes": os.path.getsize(out)}
 
 
-def _readout(engine, scene: str, cfg) -> dict:
+def _base_name(engine, args) -> str:
+    """The engine's name for the model to compress: the scene's, or --checkpoint's."""
+    if args.checkpoint is None:
+        return args.scene
+    return engine.add_upload(args.checkpoint, args.scene)
+
+
+def _readout(engine, name: str, cfg) -> dict:
     """The contract's fields for `eval` and `compress`."""
-    orig = engine.score(scene, None)
-    comp = engine.compress(scene, cfg)
-    score = engine.score(scene, cfg)
-    base = engine.base(scene)
+    orig = engine.score(name, None)
+    comp = engine.compress(name, cfg)
+    score = engine.score(name, cfg)
+    base = engine.base(name)
     return {
-        "scene": scene,
+        "scene": base.scene,
         "bits": cfg.bits,
         "rank": cfg.rank,
         "prune": cfg.prune,
@@ -145,7 +153,8 @@ def _readout(engine, scene: str, cfg) -> dict:
 def cmd_eval(args) -> dict:
     from nerfcomp.compress.engine import Engine
 
-    return _readout(Engine(args.device), args.scene, _config(args))
+    engine = Engine(args.device)
+    return _readout(engine, _base_name(engine, args), _config(args))
 
 
 def cmd_compress(args) -> dict:
@@ -153,9 +162,9 @@ def cmd_compress(args) -> dict:
     from nerfcomp.fileio import atomic_write_bytes
 
     engine = Engine(args.device)
-    cfg = _config(args)
-    out = _readout(engine, args.scene, cfg)
-    atomic_write_bytes(args.out, engine.compress(args.scene, cfg).payload)
+    cfg, name = _config(args), _base_name(engine, args)
+    out = _readout(engine, name, cfg)
+    atomic_write_bytes(args.out, engine.compress(name, cfg).payload)
     out["bytes"] = os.path.getsize(args.out)
     return {**out, "file": args.out}
 

@@ -400,7 +400,7 @@ def error_map_image(error: np.ndarray, vmax: float, display: int = 256) -> np.nd
     for frac in (0.0, 0.5, 1.0):
         y = 12 + round((1 - frac) * (h - 1))
         draw.line([(x0 + bar_w, y), (x0 + bar_w + 4, y)], fill="black")
-        label = f"{frac * vmax:.2f}" + ("+" if frac == 1.0 else "")
+        label = f"{frac * vmax:.3g}" + ("+" if frac == 1.0 else "")
         draw.text((x0 + bar_w + 6, y - 7), label, fill="black", font=font)
     return np.asarray(canvas)
 

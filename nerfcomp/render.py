@@ -38,7 +38,7 @@ class RenderSettings:
     """How rays are marched. ``step_size`` is in scene units (cube side = 2·aabb)."""
 
     aabb: float = 1.0
-    step_size: float = 2 * math.sqrt(3) / 256  # 256 steps across the cube's diagonal
+    step_size: float = 2 * math.sqrt(3) / 128  # 128 steps across the cube's diagonal
     t_min: float = 1e-4  # early ray termination: stop when transmittance < t_min
     background: float = 1.0  # white, the Blender synthetic convention
     chunk: int = 1 << 16  # network queries per batch, bounds memory

@@ -44,7 +44,7 @@ __all__ = ["TrainConfig", "photometric_loss", "train"]
 @dataclass(frozen=True)
 class TrainConfig:
     scene: str
-    steps: int = 7000
+    steps: int = 5000
     batch_rays: int = 1024
     lr: float = 2e-3
     lr_final: float = 5e-5
@@ -52,7 +52,7 @@ class TrainConfig:
     n_train: int = 100
     seed: int = 0
     grid_resolution: int = 64
-    grid_every: int = 32  # steps between occupancy-grid refreshes
+    grid_every: int = 48  # steps between occupancy-grid refreshes
     grid_decay: float = 0.8
     grid_threshold: float = 0.5  # density σ under which a cell is empty
     save_every: int = 500  # steps between resumable training states
@@ -79,7 +79,7 @@ class DensityGrid:
     def __init__(self, cfg: TrainConfig, hull: torch.Tensor, device: torch.device) -> None:
         """hull: (R, R, R) bool from space carving; cells outside it start empty."""
         self.cfg = cfg
-        self.density = (hull.reshape(-1).float() * 1e3).to(device)
+        self.density = (hull.reshape(-1).float() * 10.0).to(device)
         self.centres = cell_centres(cfg.grid_resolution, cfg.model.aabb, device)
 
     @torch.no_grad()

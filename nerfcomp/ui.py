@@ -125,6 +125,14 @@ def check_scene(scene) -> str:
     return scene
 
 
+@functools.lru_cache(maxsize=8)
+def cpu_model(scene: str) -> torch.nn.Module:
+    """The scene's NeRF on the CPU, for shapes and layer names (no engine, no GPU)."""
+    from nerfcomp.model import load_checkpoint
+
+    return load_checkpoint(scenes.get_scene(scene).checkpoint, "cpu")[0]
+
+
 def end_layers(names: list[str], model: torch.nn.Module) -> list[str]:
     """The first Linear layer and the output heads (≤ 4 outputs, e.g. σ and rgb)."""
     heads = [n for n in names if model.get_submodule(n).out_features <= 4]
@@ -148,7 +156,7 @@ def make_config(
         raise ValueError(f"keep_ends must be true or false, got {keep_ends!r}")
     layers = {}
     if keep_ends:
-        model = engine().base(scene).model
+        model = cpu_model(scene)
         keep = LayerConfig(bits=32, rank=0, prune=0.0)
         layers = dict.fromkeys(end_layers(linear_names(model), model), keep)
     return CompressionConfig(
@@ -313,7 +321,7 @@ def estimate(scene, bits, rank, prune, keep_ends=False, float_format="k-means") 
     """A size estimate from the layer shapes alone (no k-means, no coding): shown while
     a slider is being dragged."""
     cfg = make_config(scene, bits, rank, prune, keep_ends, float_format)
-    model = engine().base(scene).model
+    model = cpu_model(scene)
     total = 600  # header, CRC
     for name in linear_names(model):
         layer, lc = model.get_submodule(name), cfg.for_layer(name)
@@ -325,7 +333,7 @@ def estimate(scene, bits, rank, prune, keep_ends=False, float_format="k-means") 
         total += kept * per + (2 * 2**lc.bits if lc.bits <= 8 else 0)
         total += numel / 8 if lc.prune > 0 else 0
         total += m * (2 if lc.bits <= 16 else 4)
-    base = engine().base(scene).bytes_original
+    base = scenes.get_scene(scene).checkpoint.stat().st_size
     return f"≈ **{total / 1e3:,.0f} KB**, ≈ {base / total:.1f}× smaller (estimate while dragging)"
 
 
@@ -337,16 +345,23 @@ RENDERS_FLOOR = 0.85  # "still renders": held-out PSNR at least this fraction of
 
 def load_sweep(scene: str) -> dict | None:
     """The scene's rate–distortion table, or None when it has not been computed (or is bad)."""
-    import json
-
     path = SWEEP_DIR / f"{scene}.sweep.json"
     try:
+        return _read_sweep(path, path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _read_sweep(path, mtime_ns: int) -> dict | None:
+    import json
+
+    try:
         table = json.loads(path.read_text())
-        if table.get("points"):
+        if table.get("points") and table.get("psnr_original"):
             return table
     except (OSError, ValueError, AttributeError) as e:
-        if path.exists():
-            log.warning("ignoring unreadable sweep table %s: %s", path, e)
+        log.warning("ignoring unreadable sweep table %s: %s", path, e)
     return None
 
 
@@ -383,7 +398,8 @@ def _sweep_pick(scene: str, floor: float, label: str) -> tuple:
         else ""
     )
     status = (
-        f"**{label}**: {p['bits']} bits, rank {p['rank'] or 'full'}, prune {p['prune']:.2f} → "
+        f"**{label}** (≥ {100 * floor:.0f}% of {table['psnr_original']:.2f} dB): "
+        f"{p['bits']} bits, rank {p['rank'] or 'full'}, prune {p['prune']:.2f} → "
         f"{p['psnr']:.2f} dB in {p['bytes'] / 1e3:,.1f} KB ({p['ratio']:.1f}×).{note}"
     )
     return (*_controls(p["bits"], p["rank"], p["prune"], False, p.get("admm_steps")), status)
@@ -430,7 +446,7 @@ def view_angles(view):
 @user_errors
 def scene_layers(scene):
     """The layer picker for a scene: its Linear layers."""
-    names = linear_names(engine().base(check_scene(scene)).model)
+    names = linear_names(cpu_model(check_scene(scene)))
     return gr.Dropdown(choices=names, value=DEFAULT_LAYER if DEFAULT_LAYER in names else names[0])
 
 

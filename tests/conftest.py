@@ -12,3 +12,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A width-16 NeRF checkpoint (untrained, seeded) scored against the primitives scene."""
+    from nerfcomp.model import NeRF, NeRFConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = NeRF(NeRFConfig(width=16))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(model, path)
+    return path

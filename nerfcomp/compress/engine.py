@@ -183,7 +183,10 @@ class Engine:
         """Register an uploaded checkpoint (validated by ``load_checkpoint``) scored against
         ``scene``'s ground truth; returns its base name."""
         scenes.get_scene(scene)
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+        if not os.path.isfile(path):
+            raise ValueError(f"checkpoint not found: {path}")
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
         name = f"upload:{digest}:{scene}"
         with self._lock:
             if name not in self._bases:

@@ -1,0 +1,131 @@
+"""The rate–distortion table of a scene: every point of a bits × rank × prune grid on the
+instant path, then ADMM-refined points along its Pareto frontier.
+
+The table is a JSON file rewritten atomically after every point, so an interrupted sweep
+resumes where it stopped and never recomputes a finished point. Sizes are the bytes of the
+encoded file; PSNR is over all held-out test views.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+
+from nerfcomp import scenes
+from nerfcomp.compress.config import CompressionConfig
+from nerfcomp.compress.engine import Engine
+from nerfcomp.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GRID", "pareto_front", "run_sweep", "sweep_path"]
+
+GRID = {
+    "bits": [8, 6, 4, 3, 2],
+    "rank": [None, 64, 32],
+    "prune": [0.0, 0.3, 0.6],
+}
+KEYS = ("bits", "rank", "prune", "admm_steps")
+
+
+def sweep_path(scene: str) -> Path:
+    return scenes.ASSETS / f"{scene}.sweep.json"
+
+
+def _key(p: dict) -> tuple:
+    return tuple(p.get(k) for k in KEYS)
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Points not beaten by another in both bytes (fewer) and PSNR (higher), by bytes."""
+    front, best = [], -float("inf")
+    for p in sorted(points, key=lambda p: (p["bytes"], -p["psnr"])):
+        if p["psnr"] > best:
+            front.append(p)
+            best = p["psnr"]
+    return front
+
+
+def _load(path: Path, scene: str) -> dict:
+    if path.exists():
+        try:
+            table = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: sweep table is not valid JSON ({e})") from None
+        if table.get("scene") != scene:
+            raise ValueError(f"{path}: sweep table is for scene {table.get('scene')!r}")
+        return table
+    return {"scene": scene, "points": []}
+
+
+def _measure(engine: Engine, scene: str, cfg: CompressionConfig) -> dict:
+    comp = engine.compress(scene, cfg)
+    score = engine.score(scene, cfg)
+    base = engine.base(scene)
+    return {
+        "bits": cfg.bits,
+        "rank": cfg.rank,
+        "prune": cfg.prune,
+        "admm_steps": cfg.admm_steps,
+        "psnr": score["psnr"],
+        "ssim": score["ssim"],
+        "bytes": comp.bytes,
+        "ratio": round(base.bytes_original / comp.bytes, 3),
+    }
+
+
+def run_sweep(
+    scene: str,
+    out: str | os.PathLike | None = None,
+    admm_points: int = 0,
+    admm_steps: int = 300,
+    device: str | None = "auto",
+    grid: dict | None = None,
+    engine: Engine | None = None,
+) -> dict:
+    """Grow the table at ``out`` (default assets/SCENE.sweep.json); returns a summary."""
+    path = Path(out) if out else sweep_path(scene)
+    engine = engine or Engine(device)
+    table = _load(path, scene)
+    orig = engine.score(scene, None)
+    table.update(psnr_original=orig["psnr"], ssim_original=orig["ssim"])
+    table["bytes_original"] = engine.base(scene).bytes_original
+    done = {_key(p) for p in table["points"]}
+    grid = grid or GRID
+    todo = [
+        CompressionConfig(bits=b, rank=r, prune=p)
+        for b, r, p in itertools.product(grid["bits"], grid["rank"], grid["prune"])
+    ]
+    computed = _run(engine, scene, todo, table, done, path)
+    # refine the smallest instant-path settings that keep ≥ 95% of the PSNR
+    frontier = [
+        CompressionConfig(bits=p["bits"], rank=p["rank"], prune=p["prune"], admm_steps=admm_steps)
+        for p in pareto_front([p for p in table["points"] if not p["admm_steps"]])
+        if p["psnr"] >= 0.95 * orig["psnr"]
+    ][:admm_points]
+    computed += _run(engine, scene, frontier, table, done, path)
+    atomic_write_bytes(path, json.dumps(table, indent=1).encode())
+    return {
+        "scene": scene,
+        "table": str(path),
+        "points": len(table["points"]),
+        "computed": computed,
+    }
+
+
+def _run(engine: Engine, scene: str, cfgs: list, table: dict, done: set, path: Path) -> int:
+    """Measure each config not yet in the table, saving the table after each point."""
+    computed = 0
+    for cfg in cfgs:
+        if _key(cfg.to_dict()) in done:
+            continue
+        point = _measure(engine, scene, cfg)
+        table["points"].append(point)
+        done.add(_key(point))
+        atomic_write_bytes(path, json.dumps(table, indent=1).encode())
+        computed += 1
+        log.info("%s: %s → %.2f dB, %d B", scene, cfg, point["psnr"], point["bytes"])
+    return computed
