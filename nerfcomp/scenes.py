@@ -137,11 +137,11 @@ BLOCK_MATERIALS = (
     Material((0.85, 0.15, 0.1)),
     Material((0.95, 0.75, 0.1)),
     Material(
-        (0.1, 0.1, 0.1), pattern="checker", pattern_albedo=(0.95, 0.95, 0.95), pattern_scale=7.0
+        (0.15, 0.15, 0.2), pattern="checker", pattern_albedo=(0.9, 0.9, 0.85), pattern_scale=4.5
     ),
     Material((0.1, 0.3, 0.8)),
     Material(
-        (0.1, 0.55, 0.25), pattern="stripes", pattern_albedo=(0.95, 0.95, 0.9), pattern_scale=6.0
+        (0.1, 0.55, 0.25), pattern="stripes", pattern_albedo=(0.95, 0.95, 0.9), pattern_scale=4.0
     ),
 )
 

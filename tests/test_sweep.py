@@ -1,0 +1,53 @@
+"""The sweep table: resumable, never recomputes a finished point."""
+
+import json
+
+import pytest
+
+from nerfcomp.compress import sweep
+from nerfcomp.compress.engine import Engine
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GRID = {"bits": [4, 2], "rank": [None], "prune": [0.0, 0.5]}
+
+
+def test_interrupted_sweep_resumes_without_recomputing(tiny_checkpoint, tmp_path, monkeypatch):
+    engine = Engine("cpu")
+    name = engine.add_upload(tiny_checkpoint, "primitives")
+    out = tmp_path / "t.sweep.json"
+    real, calls = sweep._measure, []
+
+    def measure(e, scene, cfg):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after two points
+        calls.append(cfg)
+        return real(e, scene, cfg)
+
+    monkeypatch.setattr(sweep, "_measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(name, out, grid=GRID, engine=engine)
+    assert len(json.loads(out.read_text())["points"]) == 2  # saved after each point
+    calls.clear()
+    monkeypatch.setattr(sweep, "_measure", lambda e, s, c: calls.append(c) or real(e, s, c))
+    summary = sweep.run_sweep(name, out, grid=GRID, engine=engine)
+    assert summary["computed"] == 2 and len(calls) == 2
+    table = json.loads(out.read_text())
+    assert len(table["points"]) == 4
+    assert {(p["bits"], p["prune"]) for p in table["points"]} == {
+        (4, 0.0),
+        (4, 0.5),
+        (2, 0.0),
+        (2, 0.5),
+    }
+    assert all(p["bytes"] > 0 and p["ratio"] > 1 for p in table["points"])
+
+
+def test_pareto_front():
+    pts = [
+        {"bytes": 10, "psnr": 20.0},
+        {"bytes": 20, "psnr": 25.0},
+        {"bytes": 30, "psnr": 24.0},  # dominated by the 20-byte point
+        {"bytes": 40, "psnr": 30.0},
+    ]
+    assert [p["bytes"] for p in sweep.pareto_front(pts)] == [10, 20, 40]
