@@ -240,6 +240,13 @@ def march_samples(
     return ray_idx, step_idx, t
 
 
+def sample_ranks(ray_idx: Tensor, n_rays: int) -> Tensor:
+    """Position of each packed sample along its ray: 0, 1, 2, ... (ray_idx sorted)."""
+    counts = torch.bincount(ray_idx, minlength=n_rays)
+    first = torch.cumsum(counts, 0) - counts
+    return torch.arange(ray_idx.numel(), device=ray_idx.device) - first[ray_idx]
+
+
 def _eval_chunked(fn: RgbSigmaFn, pts: Tensor, dirs: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
     if pts.shape[0] <= chunk:
         return fn(pts, dirs)
@@ -267,10 +274,7 @@ def render_rays(
     """
     n_rays = origins.shape[0]
     ray_idx, _, t = march_samples(origins, dirs, settings, grid, stratified, generator)
-    # rank of each sample among its ray's samples: 0, 1, 2, ...
-    counts = torch.bincount(ray_idx, minlength=n_rays)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(ray_idx.numel(), device=origins.device) - first[ray_idx]
+    rank = sample_ranks(ray_idx, n_rays)
     color = torch.zeros(n_rays, 3, device=origins.device)
     opacity = torch.zeros(n_rays, device=origins.device)
     depth = torch.zeros(n_rays, device=origins.device)
@@ -317,10 +321,7 @@ def visible_samples(
     only. Returns a bool mask (n,).
     """
     n_rays = origins.shape[0]
-    counts = torch.bincount(ray_idx, minlength=n_rays)
-    rank = (
-        torch.arange(ray_idx.numel(), device=t.device) - (torch.cumsum(counts, 0) - counts)[ray_idx]
-    )
+    rank = sample_ranks(ray_idx, n_rays)
     keep = torch.zeros_like(ray_idx, dtype=torch.bool)
     depth = torch.zeros(n_rays, device=t.device)
     max_depth = -math.log(settings.t_min)
