@@ -115,7 +115,7 @@ def _dense(st: StoredTensor, p: Tensor) -> Tensor:
 
 
 def finetune_stored(
-    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], steps: int, lr: float = 1e-4
+    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], steps: int, lr: float = 3e-4
 ) -> nn.Module:
     """Train codebooks, fp16/fp32 values and biases of a compressed model, indices and masks
     fixed; returns a new compressed model (codebooks and biases rounded to fp16 again)."""
@@ -183,15 +183,17 @@ def refine(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     batch_rays: int = 1024,
-    lr: float = 1e-4,
+    lr: float = 5e-4,
     seed: int = 0,
+    rays: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> nn.Module:
     """The LC algorithm for ``cfg.admm_steps`` SGD steps in all, then a fine-tune of what is
-    stored (a quarter as many steps). ``base`` is left untouched. Raises ``Cancelled`` when
-    ``cancel`` is set."""
+    stored (half as many steps). ``base`` is left untouched. Raises ``Cancelled`` when
+    ``cancel`` is set. ``rays`` (origins, dirs, rgb) default to the scene's training views."""
     steps = cfg.admm_steps
     device = module_device(base)
-    rays = tuple(x.to(device) for x in scenes.views(scene, "train").rays())
+    rays = rays if rays is not None else scenes.views(scene, "train").rays()
+    rays = tuple(x.to(device) for x in rays)
     g = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(base).train()
     for p in model.parameters():
@@ -203,7 +205,7 @@ def refine(
     theta = compress(model, cfg)  # direct compression: the LC starting point
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     grid = grid_for(model)
-    done, total = 0, steps + steps // 4
+    done, total = 0, steps + steps // 2
 
     def report(msg: str) -> None:
         if cancel is not None and cancel.is_set():
@@ -230,7 +232,7 @@ def refine(
             grid = grid_for(model)
     theta = compress(model, cfg)  # Θ = Π(W): the constraint at the end (λ dropped)
     theta_grid = grid_for(theta)
-    ft = max(1, steps // 4)
+    ft = max(1, steps // 2)
     theta = finetune_stored(theta, _loss(rays, batch_rays, theta_grid, settings, g), ft)
     done = total
     report("fine-tuned codebooks, factors and biases")
