@@ -60,16 +60,22 @@ def l_step(
     loss_fn: Callable[[nn.Module], Tensor],
     steps: int,
 ) -> float:
-    """``steps`` Adam steps on L(W) + μ/2 ‖W − target‖², target = Δ(Θ) + λ/μ. Returns the
-    mean photometric loss."""
+    """``steps`` proximal-gradient steps on L(W) + μ/2 ‖W − target‖², target = Δ(Θ) + λ/μ:
+    an Adam step on L, then the exact proximal map of the quadratic,
+    W ← (W + ημ·target) / (1 + ημ) with η = 1. (Adam normalises step sizes, so putting the
+    penalty through it would pull W onto the target at ``lr`` per step however large μ is.)
+    Returns the mean photometric loss."""
     weights = _weights(model)
+    pull = mu / (1.0 + mu)
     total = 0.0
     for _ in range(steps):
         loss = loss_fn(model)
-        penalty = sum(((w - target[n]) ** 2).sum() for n, w in weights.items())
         opt.zero_grad(set_to_none=True)
-        (loss + 0.5 * mu * penalty).backward()
+        loss.backward()
         opt.step()
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.lerp_(target[n], pull)
         total += loss.item()
     return total / max(steps, 1)
 
@@ -115,7 +121,7 @@ def _dense(st: StoredTensor, p: Tensor) -> Tensor:
 
 
 def finetune_stored(
-    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], steps: int, lr: float = 3e-4
+    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], steps: int, lr: float = 1e-4
 ) -> nn.Module:
     """Train codebooks, fp16/fp32 values and biases of a compressed model, indices and masks
     fixed; returns a new compressed model (codebooks and biases rounded to fp16 again)."""
@@ -183,7 +189,7 @@ def refine(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     batch_rays: int = 1024,
-    lr: float = 5e-4,
+    lr: float = 1e-4,
     seed: int = 0,
     rays: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> nn.Module:
@@ -200,7 +206,7 @@ def refine(
         p.requires_grad_(True)
     n_lc = max(2, min(20, steps // 25))  # LC iterations
     inner = max(1, steps // n_lc)
-    mus = [1e-3 * (1e4) ** (j / (n_lc - 1)) for j in range(n_lc)]  # μ: 1e-3 → 10
+    mus = [1e-4 * (1e4) ** (j / (n_lc - 1)) for j in range(n_lc)]  # μ: 1e-4 → 1
     lam = {n: torch.zeros_like(w) for n, w in _weights(model).items()}
     theta = compress(model, cfg)  # direct compression: the LC starting point
     opt = torch.optim.Adam(model.parameters(), lr=lr)

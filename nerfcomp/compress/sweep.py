@@ -95,9 +95,10 @@ def run_sweep(
     table["bytes_original"] = engine.base(scene).bytes_original
     done = {_key(p) for p in table["points"]}
     grid = grid or GRID
+    # the bits axis first (rank and prune off), so an interrupted sweep already spans it
     todo = [
         CompressionConfig(bits=b, rank=r, prune=p)
-        for b, r, p in itertools.product(grid["bits"], grid["rank"], grid["prune"])
+        for r, p, b in itertools.product(grid["rank"], grid["prune"], grid["bits"])
     ]
     computed = _run(engine, scene, todo, table, done, path)
     # refine the smallest instant-path settings that keep ≥ 95% of the PSNR
