@@ -50,10 +50,10 @@ def _layout(fig: go.Figure, title: str, height: int = 360, **kw) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, font=dict(size=16)),
         height=height,
-        margin=dict(l=60, r=20, t=60, b=40),
+        margin=dict(l=60, r=20, t=60, b=50),
         font=FONT,
         template="plotly_white",
-        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
+        legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
         **kw,
     )
     return fig
@@ -104,45 +104,43 @@ def bytes_per_layer(
 
 
 def waterfall(stages: Sequence[Mapping]) -> go.Figure:
-    """Bytes through the stages (first absolute, then the change each stage makes) with the
-    PSNR after each on a second axis. stages: [{"label", "bytes", "psnr"}, ...]."""
-    labels = [s["label"] for s in stages]
+    """Bytes through the stages (first absolute, then the change each stage makes) and,
+    below, the PSNR after each. stages: [{"label", "bytes", "psnr"}, ...]."""
+    labels = [f"{s['label']}<br>{_kb(s['bytes'])}" for s in stages]
     sizes = [s["bytes"] / 1e3 for s in stages]
     deltas = [sizes[0]] + [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38])
     fig.add_trace(
         go.Waterfall(
             x=labels,
             y=deltas,
             measure=["absolute"] + ["relative"] * (len(stages) - 1),
-            text=[_kb(s["bytes"]) for s in stages],
-            textposition="inside",
-            insidetextanchor="end",
             decreasing=dict(marker_color="#54a24b"),
             increasing=dict(marker_color="#e45756"),
             totals=dict(marker_color="#4c78a8"),
             name="bytes",
-            hovertemplate="%{x}: %{text}<extra></extra>",
+            hovertemplate="%{x}<extra></extra>",
         ),
-        secondary_y=False,
+        row=1,
+        col=1,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=labels,
-            y=[s["psnr"] for s in stages],
-            mode="lines+markers+text",
-            text=[f"{s['psnr']:.2f} dB" for s in stages],
-            textposition="top right",
-            marker=dict(size=10, color=CURRENT),
-            name="PSNR (held-out rays)",
-        ),
-        secondary_y=True,
+    psnr = [s["psnr"] for s in stages]
+    fig.add_scatter(
+        x=labels,
+        y=psnr,
+        mode="lines+markers+text",
+        text=[f"{p:.2f} dB" for p in psnr],
+        textposition="top center",
+        marker=dict(size=10, color=CURRENT),
+        line=dict(color=CURRENT),
+        name="PSNR (held-out rays)",
+        row=2,
+        col=1,
     )
-    fig.update_yaxes(title_text="KB", secondary_y=False, rangemode="tozero")
-    psnrs = [s["psnr"] for s in stages if math.isfinite(s["psnr"])]
-    lo = min(psnrs, default=0.0)
-    fig.update_yaxes(title_text="PSNR (dB)", secondary_y=True, range=[lo - 3, max(psnrs) + 2])
-    return _layout(fig, "Bytes through the stages, and the PSNR after each", showlegend=True)
+    finite = [p for p in psnr if math.isfinite(p)] or [0.0]
+    fig.update_yaxes(title_text="KB", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="dB", range=[min(finite) - 2, max(finite) + 3], row=2, col=1)
+    return _layout(fig, "Bytes through the stages, and the PSNR after each", 420)
 
 
 # --- rate–distortion ------------------------------------------------------------------------
@@ -354,7 +352,9 @@ def admm_curve(history: Sequence[tuple[float, float]], steps: int) -> go.Figure:
             line=dict(color=CURRENT),
             name="PSNR",
         )
-    fig.update_layout(xaxis=dict(title="ADMM step", range=[0, steps]), yaxis_title="PSNR (dB)")
+    fig.update_layout(
+        xaxis=dict(title="ADMM step", range=[0, steps]), yaxis_title="train PSNR (dB)"
+    )
     return _layout(fig, "ADMM refinement: PSNR as it goes", height=280)
 
 
