@@ -172,7 +172,7 @@ def _refined_available(scene: str, cfg: CompressionConfig) -> bool:
     """Whether the engine holds the ADMM-refined model of ``cfg`` (a read-only peek, so that
     ``compress`` never starts a refinement of minutes)."""
     eng = engine()
-    return cfg.admm_steps > 0 and (eng.base(scene).name, cfg) in eng._refined
+    return cfg.admm_steps > 0 and eng.cached(scene, cfg) is not None
 
 
 def _setting(scene, bits, rank, prune, keep_ends, float_format, admm_steps):

@@ -278,6 +278,11 @@ class Engine:
         cache.put(key, result)
         return result
 
+    def cached(self, name: str, cfg: CompressionConfig) -> Compressed | None:
+        """The compressed model if it is already in the caches (never computes one)."""
+        cache = self._refined if cfg.admm_steps else self._models
+        return cache.get((self.base(name).name, cfg))
+
     # --- rendering and scores ------------------------------------------------------------
 
     def _model(self, name: str, cfg: CompressionConfig | None) -> nn.Module:
