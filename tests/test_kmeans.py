@@ -113,6 +113,41 @@ def test_within_a_thousandth_of_the_exact_optimum(dist):
     assert max(results.values()) <= 1.001, results
 
 
+def _hard_sample(name: str, n: int, g: torch.Generator) -> torch.Tensor:
+    """Samples on which Lloyd's local optimum is far off (heavy tails, ties, flat density)."""
+    x = torch.randn(n, generator=g)
+    if name == "student_t3":  # outliers: the init over-fills the tails by many clusters
+        x = x / ((torch.randn(n, 3, generator=g) ** 2).sum(dim=1) / 3).sqrt()
+    elif name == "rounded":  # ~180 distinct values: most clusters are one or two runs
+        x = (x * 20).round() / 20
+    elif name == "pruned":  # half exact zeros
+        x[torch.rand(n, generator=g) < 0.5] = 0.0
+    elif name == "uniform":  # flat: many near-equal local optima
+        x = torch.rand(n, generator=g)
+    return x * 0.05
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "k"),
+    [
+        ("student_t3", 1000, 256),
+        ("rounded", 12000, 64),
+        ("pruned", 12000, 128),
+        ("uniform", 3000, 256),
+    ],
+)
+def test_within_a_thousandth_on_hard_samples(name, n, k):
+    x = _hard_sample(name, n, torch.Generator().manual_seed(4))
+    ((codebook, indices),) = kmeans_1d([x], k)
+    assert distortion(x, codebook, indices) <= 1.001 * _exact_optimum(x, k)
+
+
+def test_leaves_the_thread_count_alone():
+    torch.set_num_threads(2)
+    kmeans_1d([torch.randn(100)], 4)
+    assert torch.get_num_threads() == 2
+
+
 def test_rejects_bad_arguments():
     assert kmeans_1d([], 4) == []
     with pytest.raises(ValueError):

@@ -10,18 +10,53 @@ rows with a smaller k carry +inf centroids past their k.
 Quality. The exact optimum is Ckmeans.1d.dp (Wang & Song 2011, the `kmeans1d` package), O(kn).
 We start from a companding initialisation (Panter & Dite 1951: for many clusters the optimal
 centroid density is proportional to p(x)^(1/3)) and Lloyd's steps, which stop in a local optimum
-up to several % worse, with a few clusters too many in one region and too few in another. A
-windowed dynamic program then moves all cuts jointly: the exact DP of Ckmeans restricted to ~140
-candidates per cut (+-4 clusters on a 1/16-cluster grid, and the neighbouring cuts), coarse to
-fine, repeated until no cut moves. Measured within 0.03% of the optimum on Gaussian, Laplacian,
-Student-t and pruned samples of 1k-24k values for k = 2..256 (benchmarks/kmeans.py).
+~10% worse on trained weights at k = 256: the init puts up to 4 clusters too many into each
+heavy tail, so the cuts sit whole clusters off the optimal ones over long stretches, plus
+fractions of a cluster elsewhere. Sweeps of a windowed dynamic program then move all cuts
+jointly: the exact DP of Ckmeans restricted to candidates for cut j at cluster index j + d, d on
+a grid, placed by interpolating the current cuts (an integer d is exactly the current cut j + d),
+each sweep followed by Lloyd's steps. Levels of grids (`_LEVELS`) go from wide (+-4 clusters) to
+fine (fractions); each candidate only looks back `band` candidates, and a sweep costs
+O(k * W * band) for W candidates per cut. Measured within 0.01% of the optimum on a trained
+NeRF's weights (assets/primitives.safetensors, bits 1..8) and within 0.05% on Gaussian,
+Laplacian, Student-t, pruned, bimodal, uniform and rounded samples of 1k-12k values for
+k = 2..256 (benchmarks/kmeans.py, tests/test_kmeans.py).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = ["distortion", "kmeans_1d"]
+
+# Windowed-DP levels by k, each (half width, step, band, most sweeps) in clusters: candidates for
+# cut j sit at cluster index j + d, d = -half, -half + step, .., half, and a cut may move at most
+# `band` steps further than its left neighbour. "Wide" moves up to 4 clusters between regions at
+# once, "mid" repeats smaller moves until they stop paying, "fine" settles fractions. Fewer cuts
+# afford finer steps; measured (benchmarks/kmeans.py) to stay within 0.1% of the optimum.
+_LEVELS = (
+    (96, ((4.0, 1 / 12, 12, 1), (1.0, 1 / 16, 16, 8), (0.25, 1 / 64, 8, 4))),
+    (24, ((4.0, 1 / 16, 16, 1), (1.0, 1 / 32, 32, 8), (0.125, 1 / 256, 16, 4))),
+    (1, ((2.0, 1 / 32, 32, 1), (1.0, 1 / 64, 32, 8), (0.125, 1 / 512, 16, 4))),
+)
+_TOL = 2e-5  # a row stops sweeping a level once a sweep gains less than this fraction
+_INIT_ITERS, _POLISH_ITERS = 10, 5  # Lloyd steps after the initialisation, after each sweep
+
+
+class _Rows(NamedTuple):
+    """The sorted tensors, one per row: xs (B, L) ascending, centred, +inf past n_b; cs, cs2
+    (B, L + 1) prefix sums of x and x^2 (padding as 0); runs of equal values: rank (B, L + 1)
+    runs starting before position p, start (B, L + 1) where run r starts (n_b from distinct on).
+    """
+
+    xs: torch.Tensor
+    cs: torch.Tensor
+    cs2: torch.Tensor
+    rank: torch.Tensor
+    start: torch.Tensor
 
 
 def kmeans_1d(
@@ -31,34 +66,44 @@ def kmeans_1d(
 
     values: tensors of shape (n_i,), finite; flattened if not 1-D; all on one device.
     n_clusters: one k for all tensors, or one per tensor (each >= 1).
-    iters: the most Lloyd steps; stops early once no row's assignment changes.
+    iters: caps each run of Lloyd steps (at most _INIT_ITERS after the initialisation and
+    _POLISH_ITERS after each DP sweep); a run stops early once no row's assignment changes.
     Returns per input: (codebook: (k_i,) float32 sorted ascending, indices: (n_i,) int64 into
     codebook), k_i = min(n_clusters_i, number of distinct values). Every codebook entry is used by
-    at least one value (empty clusters are re-seeded by splitting the worst cluster). Deterministic.
+    at least one value (cells Lloyd empties are re-seeded by splitting the worst ones), and is the
+    mean of its values. Deterministic, and the same whether tensors are clustered together or
+    one by one. Runs single-threaded (torch's thread count is restored on return): its many
+    small ops only wait on a second thread, badly so on a busy machine.
     """
     if len(values) == 0:
         return []
     ks = [int(n_clusters)] * len(values) if isinstance(n_clusters, int) else list(n_clusters)
     if len(ks) != len(values) or min(ks) < 1:
         raise ValueError(f"n_clusters must be >= 1 and one per tensor, got {n_clusters}")
-    xs, perm, n = _sorted_rows(values)  # (B, L) float64 +inf padded, (B, L) int64, (B,) int64
-    mean = _prefix_sums(xs).gather(1, n[:, None]) / n[:, None]  # (B, 1)
-    raw, xs = xs, xs - mean  # centred: smaller prefix sums, less cancellation in q - s^2 / count
-    cs, cs2 = _prefix_sums(xs), _prefix_sums(xs * xs)  # (B, L + 1)
-    rank, start = _runs(xs, n)  # (B, L + 1): runs of equal values before p; where run r starts
-    distinct = rank.gather(1, n[:, None]).squeeze(1)  # (B,)
-    k = torch.minimum(torch.tensor(ks, device=xs.device), distinct)  # (B,)
-    c = _init_centroids(xs, n, k, distinct, start)  # (B, k_max)
-    cuts = _lloyd(xs, cs, n, c, iters)  # (B, k_max + 1)
-    cuts = _fill_empty_clusters(xs, cs, cs2, cuts, k.tolist())
-    cuts = _refine_cuts(cs, cs2, rank, start, n, k, cuts, active=(k > 1) & (k < distinct))
-    codebook = _codebook_from_cuts(raw, cs, cuts, mean)  # (B, k_max)
-    labels = _labels_from_cuts(cuts, xs.shape[1])  # (B, L), cluster of each sorted position
-    indices = torch.empty_like(labels).scatter_(1, perm, labels)  # back to the input order
-    return [
-        (codebook[i, :ki].float(), indices[i, :ni])
-        for i, (ki, ni) in enumerate(zip(k.tolist(), n.tolist(), strict=True))
-    ]
+    with _one_thread():
+        flat, padded, n = _padded_rows(values)  # (n_i,) float64; (B, L) +inf padded; (B,)
+        raw = _sort_rows(padded)  # (B, L) ascending
+        xs, cs, cs2 = _centred_prefix_sums(raw, n)  # (B, L); (B, L + 1) of x and x^2
+        rank, start = _runs(xs, n)  # (B, L + 1): runs before position p; where run r starts
+        data = _Rows(xs, cs, cs2, rank, start)
+        distinct = rank.gather(1, n[:, None]).squeeze(1)  # (B,)
+        k = torch.minimum(torch.tensor(ks, device=xs.device), distinct)  # (B,)
+        c = _init_centroids(xs, n, k, distinct, start)  # (B, k_max)
+        cuts = _lloyd(data, _cuts_from_centroids(xs, n, c), min(iters, _INIT_ITERS))
+        cuts = _fill_empty_cells(data, k, cuts)  # (B, k_max + 1)
+        todo = (k > 1) & (k < distinct)  # the others are exact already
+        for levels in sorted({_levels(kb) for kb in k[todo].tolist()}):  # same grids together
+            same = torch.tensor([_levels(kb) == levels for kb in k.tolist()], device=k.device)
+            rows = (todo & same).nonzero()[:, 0]
+            for level in levels:
+                cuts = _refine_cuts(data, k, cuts, rows, level, iters)
+        codebook = _codebook_from_cuts(raw, xs, cs, cuts)  # (B, k_max)
+        # a cut never splits equal values: v's cluster is the number of cluster starts <= v
+        firsts = raw.gather(1, cuts[:, 1:-1].clamp_max(raw.shape[1] - 1))  # (B, k_max - 1)
+        return [
+            (codebook[i, :ki].float(), torch.searchsorted(firsts[i, : ki - 1], v, right=True))
+            for i, (ki, v) in enumerate(zip(k.tolist(), flat, strict=True))
+        ]
 
 
 def distortion(values: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor) -> float:
@@ -67,12 +112,26 @@ def distortion(values: torch.Tensor, codebook: torch.Tensor, indices: torch.Tens
     return float((err * err).sum())
 
 
-def _sorted_rows(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad the tensors into rows of +inf and sort each row once.
+def _levels(k: int) -> tuple[tuple[float, float, int, int], ...]:
+    """The DP levels for k clusters: (half width, step, band, most sweeps), grids in clusters."""
+    return next(levels for k_min, levels in _LEVELS if k >= k_min)
 
-    Returns xs: (B, L) float64 ascending with +inf past n_i, perm: (B, L) int64 with xs[b] =
-    padded[b][perm[b]], n: (B,) int64 lengths.
-    """
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _padded_rows(
+    values: Sequence[torch.Tensor],
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The tensors flattened to float64 (n_i,), as rows of (B, L) +inf past n_i (L >= 2), and
+    n: (B,) int64 lengths."""
     device = values[0].device
     flat = [v.detach().reshape(-1).to(device, torch.float64) for v in values]
     if min(v.numel() for v in flat) < 1:
@@ -80,33 +139,46 @@ def _sorted_rows(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     n = torch.tensor([v.numel() for v in flat], device=device)
     padded = torch.nn.utils.rnn.pad_sequence(flat, batch_first=True, padding_value=float("inf"))
     padded = torch.nn.functional.pad(padded, (0, max(0, 2 - padded.shape[1])), value=float("inf"))
-    xs, perm = torch.sort(padded, dim=1, stable=True)  # stable: deterministic ties
-    return xs.contiguous(), perm, n
+    return flat, padded.contiguous(), n
+
+
+def _sort_rows(padded: torch.Tensor) -> torch.Tensor:
+    """Each row sorted ascending. On the CPU numpy's vectorised sort of the values alone is ~20x
+    faster than torch.sort, which also computes the permutation (not needed: see the indices)."""
+    if padded.device.type == "cpu":
+        return torch.from_numpy(np.sort(padded.numpy(), axis=1))
+    return torch.sort(padded, dim=1).values
 
 
 def _runs(xs: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs of equal values of the sorted rows xs (B, L).
-
-    rank: (B, L + 1), rank[b, p] = number of runs that start before position p (p <= n_b), so
-    rank[b, n_b] is the number of distinct values; start: (B, L + 1), start[b, r] = position
-    where run r starts, n_b from r = distinct on.
-    """
+    """Runs of equal values of the sorted rows xs (B, L): rank, start (B, L + 1), see _Rows;
+    rank[b, n_b] is the number of distinct values. Few full-size temporaries here and below:
+    each costs page faults comparable to its arithmetic."""
     b, length = xs.shape
-    valid = torch.arange(length, device=xs.device) < n[:, None]
-    new = torch.ones_like(valid)
-    new[:, 1:] = xs[:, 1:] != xs[:, :-1]
-    new &= valid  # (B, L): a run starts here
-    rank = torch.nn.functional.pad(new.long().cumsum(dim=1), (1, 0))
+    new = torch.ones_like(xs, dtype=torch.bool)
+    torch.ne(xs[:, 1:], xs[:, :-1], out=new[:, 1:])
+    new &= torch.arange(length, device=xs.device) < n[:, None]  # (B, L): a run starts here
+    rank = torch.zeros((b, length + 1), dtype=torch.long, device=xs.device)
+    torch.cumsum(new, dim=1, out=rank[:, 1:])
+    slot = rank[:, :-1].masked_fill(~new, length + 1)
     start = n[:, None].expand(b, length + 2).clone()  # last column: where non-starts go
-    slot = torch.where(new, rank[:, :-1], length + 1)
     start.scatter_(1, slot, torch.arange(length, device=xs.device).expand(b, length))
     return rank, start[:, : length + 1]
 
 
-def _prefix_sums(xs: torch.Tensor) -> torch.Tensor:
-    """cs: (B, L + 1) float64, cs[b, j] = sum of the first j values of row b, +inf padding as 0."""
-    finite = torch.where(torch.isfinite(xs), xs, torch.zeros_like(xs))
-    return torch.nn.functional.pad(finite.cumsum(dim=1), (1, 0))
+def _centred_prefix_sums(
+    raw: torch.Tensor, n: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """xs = raw - row mean (B, L), +inf padding kept: smaller prefix sums, less cancellation in
+    q - s^2 / count; cs, cs2: (B, L + 1) float64, cs[b, j] = sum of the first j of row b (x^2)."""
+    xs = raw - raw.nan_to_num(posinf=0.0).sum(dim=1, keepdim=True) / n[:, None]
+    x0 = xs.nan_to_num(posinf=0.0)
+    cs, cs2 = (
+        torch.zeros((len(n), xs.shape[1] + 1), dtype=xs.dtype, device=xs.device) for _ in "12"
+    )
+    torch.cumsum(x0, dim=1, out=cs[:, 1:])
+    torch.cumsum(x0.square_(), dim=1, out=cs2[:, 1:])
+    return xs, cs, cs2
 
 
 def _init_centroids(
@@ -122,15 +194,12 @@ def _init_centroids(
     """
     length = xs.shape[1]
     k_max = int(k.max())
-    valid = torch.arange(length, device=xs.device) < n[:, None]  # (B, L)
-    gaps = (xs[:, 1:] - xs[:, :-1]).nan_to_num(0.0, posinf=0.0)  # (B, L - 1), 0 into padding
-    g = torch.nn.functional.pad(gaps.pow(2.0 / 3.0).cumsum(dim=1), (1, 0))  # (B, L)
-    g = torch.where(valid, g, torch.full_like(g, float("inf")))
+    g = torch.zeros_like(xs)  # (B, L), constant past n_b - 1 (the gaps into padding are 0)
+    torch.cumsum(xs.diff(dim=1).nan_to_num_(0.0, posinf=0.0).pow_(2.0 / 3.0), dim=1, out=g[:, 1:])
     total = g.gather(1, (n - 1)[:, None])  # (B, 1)
     t = torch.arange(k_max, device=xs.device, dtype=torch.float64)
-    target = (t + 0.5) / k[:, None] * total  # (B, k_max)
+    target = (t + 0.5) / k[:, None] * total  # (B, k_max) < total
     hi = torch.searchsorted(g, target.contiguous()).clamp(1, length - 1)  # first g >= target
-    hi = torch.minimum(hi, (n - 1).clamp_min(1)[:, None])
     lo = hi - 1
     g_lo, g_hi = g.gather(1, lo), g.gather(1, hi)
     x_lo, x_hi = xs.gather(1, lo), xs.gather(1, hi)
@@ -141,6 +210,14 @@ def _init_centroids(
     return torch.where(t < k[:, None], c, torch.full_like(c, float("inf")))
 
 
+def _take(t: torch.Tensor, rows: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+    """t[rows[r], idx[r, ...]]: shaped like idx (R, ...), without copying whole rows of t (B, L);
+    rows None: all rows."""
+    if rows is None:
+        return t.gather(1, idx.reshape(idx.shape[0], -1)).reshape(idx.shape)
+    return t[rows.reshape(-1, *[1] * (idx.dim() - 1)), idx]
+
+
 def _cuts_from_centroids(xs: torch.Tensor, n: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Nearest-centroid cells as cut positions: (B, k_max + 1) int64, cell j = [cut_j, cut_j+1).
 
@@ -148,26 +225,30 @@ def _cuts_from_centroids(xs: torch.Tensor, n: torch.Tensor, c: torch.Tensor) -> 
     midpoints of neighbouring centroids; an +inf boundary lands at n_b.
     """
     mid = 0.5 * (c[:, 1:] + c[:, :-1])  # (B, k_max - 1)
-    pos = torch.searchsorted(xs, mid.contiguous())
-    pos = torch.minimum(pos, n[:, None])
-    zero = torch.zeros_like(n)[:, None]
-    return torch.cat([zero, pos, n[:, None]], dim=1)
+    pos = torch.minimum(torch.searchsorted(xs, mid.contiguous()), n[:, None])
+    return torch.cat([torch.zeros_like(n)[:, None], pos, n[:, None]], dim=1)
 
 
-def _centroids_from_cuts(cs: torch.Tensor, cuts: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Mean of each cell: (B, k_max) float64; an empty cell keeps its `old` centroid."""
-    sums = cs.gather(1, cuts).diff(dim=1)  # (B, k_max)
-    counts = cuts.diff(dim=1)
+def _centroids_from_cuts(
+    cs: torch.Tensor, cuts: torch.Tensor, old: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of each cell: (R, k_max) float64; an empty cell keeps its `old` centroid."""
+    sums, counts = _take(cs, rows, cuts).diff(dim=1), cuts.diff(dim=1)  # (R, k_max)
     return torch.where(counts > 0, sums / counts.clamp_min(1), old)
 
 
 def _lloyd(
-    xs: torch.Tensor, cs: torch.Tensor, n: torch.Tensor, c: torch.Tensor, iters: int
+    data: _Rows, cuts: torch.Tensor, iters: int, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Lloyd's steps on all rows at once until no cut moves; returns cuts (B, k_max + 1)."""
-    cuts = _cuts_from_centroids(xs, n, c)
+    """Lloyd's steps from the cells `cuts` (R, k_max + 1) of `rows` (None: all) until no cut
+    moves. An empty cell [p, p) keeps a centroid at x_p, which keeps the centroids sorted;
+    cells at n get +inf. The error never increases."""
+    xs = data.xs if rows is None else data.xs[rows]
+    n = cuts[:, -1]
+    c = xs.gather(1, cuts[:, :-1].clamp_max(xs.shape[1] - 1))
+    c = torch.where(cuts[:, :-1] < n[:, None], c, torch.inf)  # (R, k_max)
     for _ in range(iters):
-        c = _centroids_from_cuts(cs, cuts, c)
+        c = _centroids_from_cuts(data.cs, cuts, c, rows)
         new = _cuts_from_centroids(xs, n, c)
         if torch.equal(new, cuts):
             break
@@ -175,193 +256,164 @@ def _lloyd(
     return cuts
 
 
-def _fill_empty_clusters(
-    xs: torch.Tensor, cs: torch.Tensor, cs2: torch.Tensor, cuts: torch.Tensor, ks: list[int]
-) -> torch.Tensor:
-    """Give every row exactly k_b non-empty cells, splitting the cell of largest squared error.
-
-    Empty cells are rare (sparse values with many clusters), so this loops over the rows that
-    have them. Returns cuts (B, k_max + 1) with k_b strictly increasing cells, then n_b repeated.
-    """
-    counts = cuts.diff(dim=1)
-    k_t = torch.tensor(ks, device=cuts.device)
-    used = (counts > 0).sum(dim=1)
-    rows = torch.nonzero(used < k_t).flatten().tolist()
-    if not rows:
-        return cuts
-    cuts = cuts.clone()
-    for b in rows:
-        row = torch.unique_consecutive(cuts[b, : ks[b] + 1]).tolist()
-        while len(row) - 1 < ks[b]:
-            row = _split_worst_cell(xs[b], cs[b], cs2[b], row)
-        cuts[b, : ks[b] + 1] = torch.tensor(row, device=cuts.device)
-    return cuts
+def _sse(data: _Rows, cuts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Sum of squared errors of the cells `cuts` (R, k_max + 1) of each of `rows`: (R,)."""
+    sums, counts = _take(data.cs, rows, cuts).diff(dim=1), cuts.diff(dim=1)
+    err = _take(data.cs2, rows, cuts).diff(dim=1) - sums * sums / counts.clamp_min(1)
+    return torch.where(counts > 0, err, 0.0).sum(dim=1)
 
 
-def _split_worst_cell(
-    x: torch.Tensor, cs: torch.Tensor, cs2: torch.Tensor, row: list[int]
-) -> list[int]:
-    """Split the cell of `row` (cut positions) with the largest squared error at its best cut.
-
-    x: (L,) sorted values; cs, cs2: (L + 1,) prefix sums of x and x^2.
-    """
-    edges = torch.tensor(row, device=x.device)
-    sums, sq, cnt = cs[edges].diff(), cs2[edges].diff(), edges.diff().double()
-    sse = sq - sums * sums / cnt
-    distinct_cell = x[edges[1:] - 1] > x[edges[:-1]]  # more than one distinct value
-    sse = torch.where(distinct_cell, sse.clamp_min(0.0), torch.full_like(sse, -1.0))
-    j = int(sse.argmax())
-    lo, hi = row[j], row[j + 1]
-    p = torch.arange(lo + 1, hi, device=x.device)  # candidate cuts inside the cell
-    left_n, right_n = (p - lo).double(), (hi - p).double()
-    left_s, right_s = cs[p] - cs[lo], cs[hi] - cs[p]
-    gain = left_s * left_s / left_n + right_s * right_s / right_n  # larger = smaller error
-    gain = torch.where(x[p] > x[p - 1], gain, torch.full_like(gain, -float("inf")))
-    return sorted([*row, int(p[gain.argmax()])])
-
-
-# windowed DP schedule, measured against the exact DP: the first level spans +-_COARSE_HALF *
-# _COARSE_RES = +-4 clusters on a grid of 1/16 cluster (a 1/4 grid misjudges which basin is best
-# by up to 1%; +-2 clusters misses shifts of up to 5 clusters at k = 256), at most _COARSE_SWEEPS
-# sweeps; each later level is _FINER x finer with +-_FINE_HALF candidates, down to stride 1.
-_COARSE_HALF, _COARSE_RES, _COARSE_SWEEPS, _FINE_HALF, _FINE_SWEEPS = 64, 1 / 16, 3, 24, 6
-_NEIGHBOURS, _FINER = 4, 8
+def _fill_empty_cells(data: _Rows, k: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+    """Cuts (B, k_max + 1) with k_b non-empty cells: the cut of each empty cell goes to the
+    cells of largest squared error, each split where its mean falls (Lloyd empties cells in
+    sparse tails; this moves them where the error is). Rounds only while a row lacks cells to
+    split (rare)."""
+    xs, cs, cs2, rank, start = data
+    j = torch.arange(cuts.shape[1], device=cuts.device)
+    n = cuts[:, -1:]
+    while True:
+        lo, hi = cuts[:, :-1], cuts[:, 1:]
+        missing = k - (hi > lo).sum(dim=1)  # (B,)
+        if int(missing.max()) == 0:
+            return cuts
+        sums, counts = cs.gather(1, hi) - cs.gather(1, lo), (hi - lo).clamp_min(1)
+        err = cs2.gather(1, hi) - cs2.gather(1, lo) - sums * sums / counts
+        first_run, end_run = rank.gather(1, lo), rank.gather(1, hi)
+        err = torch.where(end_run - first_run > 1, err, -torch.inf)  # splittable: >= 2 runs
+        order = err.argsort(dim=1, descending=True, stable=True).argsort(dim=1, stable=True)
+        split = (order < missing[:, None]) & err.isfinite()  # (B, k_max)
+        at = torch.searchsorted(xs, (sums / counts).contiguous())  # first value >= the mean
+        r = torch.minimum(torch.maximum(rank.gather(1, at), first_run + 1), end_run - 1)
+        new = torch.where(split, start.gather(1, r), n + 1)
+        keep = torch.cat([torch.ones_like(n, dtype=torch.bool), hi > lo], dim=1) & (j <= k[:, None])
+        merged = torch.cat([torch.where(keep, cuts, n + 1), new], dim=1)  # drop repeated cuts
+        cuts = merged.sort(dim=1).values[:, : len(j)].clamp_max(n)
 
 
 def _refine_cuts(
-    cs: torch.Tensor,
-    cs2: torch.Tensor,
-    rank: torch.Tensor,
-    start: torch.Tensor,
-    n: torch.Tensor,
+    data: _Rows,
     k: torch.Tensor,
     cuts: torch.Tensor,
-    active: torch.Tensor,
+    rows: torch.Tensor,
+    level: tuple[float, float, int, int],
+    iters: int,
 ) -> torch.Tensor:
-    """Coarse-to-fine windowed dynamic programming on the cut positions: (B, k_max + 1) int64.
+    """Sweeps of the windowed DP of one level, each followed by Lloyd's steps: cuts (B, k_max + 1).
 
-    Lloyd stops in a local optimum, often with a few clusters too many in one region and too few
-    in another. Each sweep solves the exact 1-D k-means DP restricted to 2 * half + 1 candidates
-    per cut, `stride` runs of equal values apart around the current cut (for distinct values a
-    run is one value), and repeats until no cut moves (or `sweeps`); then the next, finer level.
-    A sweep never increases the error (the current cuts are candidates).
-    cs, cs2: (B, L + 1) prefix sums of the sorted x, x^2; rank, start: from `_runs`;
-    active: (B,) rows to refine.
+    A row keeps a sweep's result only if its error went down (the DP alone never raises it: the
+    current cuts are candidates; Lloyd may empty a cell), and stops once a sweep gains < _TOL.
+    rows: (R,) int64 rows to refine; level: (half width, step, band, most sweeps), see _LEVELS.
     """
+    half, step, band, sweeps = level
+    m = round(half / step)
+    grid = torch.arange(-m, m + 1, dtype=torch.float64, device=cuts.device) * step  # (W,)
     cuts = cuts.clone()
-    rows = torch.nonzero(active).flatten()
-    res, half, sweeps = _COARSE_RES, _COARSE_HALF, _COARSE_SWEEPS
-    while rows.numel() > 0:
-        size = rank[rows].gather(1, cuts[rows]).diff(dim=1).double()  # (R, k_max) in runs
-        # candidates left of a cut are spaced by a fraction of the cluster on its left, and so on
-        stride = (res * torch.stack([size[:, :-1], size[:, 1:]], dim=2)).long().clamp_min(1)
-        todo = torch.arange(rows.numel(), device=cuts.device)  # into rows: still moving
-        for _ in range(sweeps):
-            r = rows[todo]
-            km = int(k[r].max())  # cuts past it are n for all of these rows
-            old = cuts[r, : km + 1]
-            new = _dp_sweep(
-                cs[r], cs2[r], rank[r], start[r], n[r], k[r], old, stride[todo, : km - 1], half
-            )
-            cuts[r, : km + 1] = new
-            todo = todo[(new != old).any(dim=1)]
-            if todo.numel() == 0:
-                break
-        rows = rows[(stride > 1).flatten(1).any(dim=1)]
-        res, half, sweeps = res / _FINER, _FINE_HALF, _FINE_SWEEPS
+    for _ in range(sweeps):
+        if rows.numel() == 0:
+            break
+        km = int(k[rows].max())  # cuts past it are n for all of these rows
+        old = cuts[rows, : km + 1]
+        cand = _candidate_cuts(data, rows, k[rows], old, grid)  # (R, km, W)
+        new = _dp_sweep(data, rows, k[rows], cand, band)
+        settled = _lloyd(data, new, min(iters, _POLISH_ITERS), rows)
+        emptied = (settled.diff(dim=1) == 0) & (torch.arange(km, device=k.device) < k[rows, None])
+        new = torch.where(emptied.any(dim=1, keepdim=True), new, settled)
+        err_new, err_old = _sse(data, new, rows), _sse(data, old, rows)
+        better = err_new < err_old
+        cuts[rows[better], : km + 1] = new[better]
+        rows = rows[err_new < err_old * (1.0 - _TOL)]
     return cuts
 
 
-def _dp_sweep(
-    cs: torch.Tensor,
-    cs2: torch.Tensor,
-    rank: torch.Tensor,
-    start: torch.Tensor,
-    n: torch.Tensor,
-    k: torch.Tensor,
-    cuts: torch.Tensor,
-    stride: torch.Tensor,
-    half: int,
+def _candidate_cuts(
+    data: _Rows, rows: torch.Tensor, k: torch.Tensor, cuts: torch.Tensor, grid: torch.Tensor
 ) -> torch.Tensor:
-    """Best cuts (B, k_max + 1) among 2 * half + 1 candidates per cut: the exact DP on a window.
+    """Candidates for cuts 1..k_max of `rows`: (R, k_max, W) int64, ascending along W.
 
-    cost_t[a] = min_b cost_t-1[b] + sse(cand_t-1[b], cand_t[a]), sse of the segment [b, a) from
-    the prefix sums: q - s^2 / count. stride: (B, k_max - 1, 2) spacing of the candidates left
-    and right of each cut.
+    Candidate d of cut j sits at cluster index u = j + grid[d]: between the current cuts floor(u)
+    and the next, linearly in runs of equal values (a cut never splits equal values), within
+    runs 1..distinct - 1; an integer offset is exactly a current cut. Cuts from k_r on are n_r.
+    cuts: (R, k_max + 1) current, n_r last.
     """
-    cand = _candidate_cuts(rank, start, n, k, cuts, stride, half)  # (B, k_max, W): cuts 1..k_max
-    b, k_max, w = cand.shape
-    flat = cand.reshape(b, -1)
-    s = cs.gather(1, flat).reshape(cand.shape)
-    q = cs2.gather(1, flat).reshape(cand.shape)
+    k_max = cuts.shape[1] - 1
+    run = _take(data.rank, rows, cuts).double()  # (R, k_max + 1): the run each cut starts
+    j = torch.arange(1, k_max, device=cuts.device)
+    u = (j[:, None] + grid).clamp(0.0, k_max)  # (k_max - 1, W); runs past a row's k: distinct
+    lo = u.floor().long().clamp_max(k_max - 1)
+    r_lo = run[:, lo]  # (R, k_max - 1, W)
+    r = (r_lo + (u - lo) * (run[:, lo + 1] - r_lo) + 0.5).floor_().long()
+    r = torch.minimum(r.clamp_min_(1), (run[:, -1:, None] - 1).long().clamp_min(1))
+    cand = _take(data.start, rows, r)
+    n = cuts[:, -1:, None]  # (R, 1, 1)
+    cand = torch.where((j[None, :] >= k[:, None])[..., None], n, cand)
+    return torch.cat([cand, n.expand(-1, 1, cand.shape[2])], dim=1)
+
+
+def _dp_sweep(
+    data: _Rows, rows: torch.Tensor, k: torch.Tensor, cand: torch.Tensor, band: int
+) -> torch.Tensor:
+    """Best cuts (R, k_max + 1) among the candidates cand (R, k_max, W): the exact DP on them.
+
+    cost_j[a] = min_b cost_j-1[b] + sse(cand_j-1[b], cand_j[a]) over |b - a| <= band, the sse of
+    the segment [b, a) from the prefix sums of `rows`: q - s^2 / count. The transition costs
+    are built a few layers at a time (to stay in cache), layer-major.
+    """
+    r, k_max, w = cand.shape
+    s = _take(data.cs, rows, cand).transpose(0, 1).contiguous()  # (k_max, R, W)
+    q = _take(data.cs2, rows, cand).transpose(0, 1).contiguous()
     # cuts past a row's k sit at n; virtual positions n + 1, n + 2, ... make those segments
     # count 1 with sum 0 and error 0, so every transition is a real one
     j = torch.arange(1, k_max + 1, device=cand.device)
-    pos = cand.double() + (j[None, :] - k[:, None]).clamp_min(0)[..., None]
-    cost = (q[:, 0] - s[:, 0] ** 2 / pos[:, 0]).masked_fill(cand[:, 0] == 0, torch.inf)  # (B, W)
-    args = torch.zeros((b, k_max, w), dtype=torch.long, device=cand.device)
-    for t in range(1, k_max):
-        count = pos[:, t, :, None] - pos[:, t - 1, None, :]  # (B, W, W): segment [b, a)
-        ds = s[:, t, :, None] - s[:, t - 1, None, :]
-        total = q[:, t, :, None] - (q[:, t - 1] - cost)[:, None, :]
-        total.addcdiv_(ds * ds, count, value=-1.0).masked_fill_(count <= 0, torch.inf)
-        cost, args[:, t] = total.min(dim=2)
-    pick = torch.zeros(b, dtype=torch.long, device=cand.device)  # cut k_max: every candidate is n
-    new = [cand[:, -1, 0]]
+    virtual = (j[None, :] - k[:, None]).clamp_min(0)[..., None]  # (R, k_max, 1)
+    pos = (cand + virtual).double().transpose(0, 1).contiguous()  # (k_max, R, W)
+    d = min(band, w - 1)
+    # predecessors a - d .. a + d of candidate a as (.., W, 2d + 1) windows; +inf positions out
+    # of 0..W-1 give count -inf, masked like every other empty or negative cell
+    pad = lambda x, fill: torch.nn.functional.pad(x, (d, d), value=fill)  # noqa: E731
+    s_prev, q_prev = (
+        pad(s[:-1], 0.0).unfold(2, 2 * d + 1, 1),
+        pad(q[:-1], 0.0).unfold(2, 2 * d + 1, 1),
+    )
+    pos_prev = pad(pos[:-1], torch.inf).unfold(2, 2 * d + 1, 1)
+    cost_pad = pad(q[0] - s[0] * s[0] / pos[0], torch.inf)  # (R, W + 2d): first cell [0, a)
+    cost, window = cost_pad[:, d : d + w], cost_pad.unfold(1, 2 * d + 1, 1)
+    args = torch.empty((k_max - 1, r, w), dtype=torch.long, device=cand.device)
+    chunk = max(1, 2**17 // (r * w * (2 * d + 1)))
+    for lo in range(1, k_max, chunk):
+        hi = min(lo + chunk, k_max)
+        count = pos[lo:hi, ..., None] - pos_prev[lo - 1 : hi - 1]  # (C, R, W, 2d + 1)
+        ds = s[lo:hi, ..., None] - s_prev[lo - 1 : hi - 1]
+        err = q[lo:hi, ..., None] - q_prev[lo - 1 : hi - 1]
+        err.addcdiv_(ds.square_(), count, value=-1.0).masked_fill_(count <= 0, torch.inf)
+        for t in range(hi - lo):  # cell [b, a) between cut lo + t - 1 and cut lo + t
+            torch.min(window + err[t], dim=2, out=(cost, args[lo - 1 + t]))
+    args += torch.arange(-d, w - d, device=cand.device)  # window index -> candidate index
+    return _backtrack(args, cand, cost.argmin(dim=1))
+
+
+def _backtrack(args: torch.Tensor, cand: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Cuts (R, k_max + 1) of the DP path ending in candidate `last` (R,) of cut k_max (all of
+    them n); args: (k_max - 1, R, W) best predecessor per candidate. Tiny gathers in a sequential
+    loop: numpy's indexing costs ~1 us, torch's ~10 us."""
+    arg, where, pick = args.cpu().numpy(), cand.cpu().numpy(), last.cpu().numpy()
+    r, k_max, _ = where.shape
+    rows = np.arange(r)
+    out = np.zeros((r, k_max + 1), dtype=np.int64)
+    out[:, k_max] = where[:, -1, 0]
     for t in range(k_max - 1, 0, -1):
-        pick = args[:, t].gather(1, pick[:, None])
-        new.append(cand[:, t - 1].gather(1, pick).squeeze(1))
-        pick = pick.squeeze(1)
-    new.append(torch.zeros_like(n))
-    return torch.stack(new[::-1], dim=1)
-
-
-def _candidate_cuts(
-    rank: torch.Tensor,
-    start: torch.Tensor,
-    n: torch.Tensor,
-    k: torch.Tensor,
-    cuts: torch.Tensor,
-    stride: torch.Tensor,
-    half: int,
-) -> torch.Tensor:
-    """Candidates for cuts 1..k_max: (B, k_max, 2 * half + 1 + 2 * _NEIGHBOURS) int64.
-
-    The starts of the runs of equal values (a cut never splits equal values) `stride` * (-half..
-    half) runs from the cut (the left stride below it), within runs 1..distinct - 1; and the
-    current positions of the _NEIGHBOURS cuts on each side (a cluster moved far away: every cut
-    between takes its neighbour's place). Cuts from k_b on are n_b.
-    """
-    b = cuts.shape[0]
-    offset = torch.arange(-half, half + 1, device=cuts.device)
-    step = torch.where(offset < 0, stride[:, :, :1], stride[:, :, 1:])  # (B, k_max - 1, 2h + 1)
-    run = rank.gather(1, cuts[:, 1:-1])[..., None] + step * offset
-    last_run = (rank.gather(1, n[:, None]) - 1).clamp_min(1)[..., None]  # (B, 1, 1)
-    run = torch.minimum(run.clamp_min(1), last_run)
-    cand = start.gather(1, run.reshape(b, -1)).reshape(run.shape)
-    shift = torch.arange(-_NEIGHBOURS, _NEIGHBOURS + 1, device=cuts.device)
-    j = torch.arange(1, cuts.shape[1] - 1, device=cuts.device)
-    near = (j[:, None] + shift[shift != 0]).clamp(0, cuts.shape[1] - 1)  # (k_max - 1, 2 * D)
-    cand = torch.cat([cand, cuts[:, near]], dim=2)  # (B, k_max - 1, W)
-    cand = torch.where((j[None, :] >= k[:, None])[..., None], n[:, None, None], cand)
-    last = n[:, None, None].expand(-1, 1, cand.shape[2])
-    return torch.cat([cand, last], dim=1)
+        pick = arg[t - 1, rows, pick]
+        out[:, t] = where[rows, t - 1, pick]
+    return torch.from_numpy(out).to(cand.device)
 
 
 def _codebook_from_cuts(
-    raw: torch.Tensor, cs: torch.Tensor, cuts: torch.Tensor, mean: torch.Tensor
+    raw: torch.Tensor, xs: torch.Tensor, cs: torch.Tensor, cuts: torch.Tensor
 ) -> torch.Tensor:
     """Cluster means (B, k_max) float64, +inf past k_b; a cluster of equal values gets that value
-    exactly. raw: (B, L) sorted values; cs: prefix sums of raw - mean (B, 1)."""
-    means = _centroids_from_cuts(cs, cuts, torch.full_like(cuts[:, 1:], 0.0, dtype=cs.dtype))
+    exactly. raw: (B, L) sorted values; xs: raw - row mean; cs: prefix sums of xs."""
+    mean = raw[:, :1] - xs[:, :1]  # (B, 1)
+    means = _centroids_from_cuts(cs, cuts, torch.zeros_like(cuts[:, 1:], dtype=cs.dtype))
     first = raw.gather(1, cuts[:, :-1].clamp_max(raw.shape[1] - 1))
     last = raw.gather(1, (cuts[:, 1:] - 1).clamp_min(0))
     means = torch.minimum(torch.maximum(means + mean, first), last)  # rounding stays inside
     return torch.where(cuts[:, 1:] > cuts[:, :-1], means, torch.inf)
-
-
-def _labels_from_cuts(cuts: torch.Tensor, length: int) -> torch.Tensor:
-    """Cell of each sorted position: (B, L) int64 (positions past n_b get k_b - 1 or more)."""
-    pos = torch.arange(length, device=cuts.device).expand(cuts.shape[0], length).contiguous()
-    inner = cuts[:, 1:-1].contiguous()  # (B, k_max - 1)
-    return torch.searchsorted(inner, pos, right=True)
