@@ -69,11 +69,21 @@ def main() -> None:
     model, what = load_model(args.checkpoint)
     fp32 = len(encode(compress(model, CompressionConfig(bits=32))))
     print(f"model: {what}; float32 file: {fp32} B")
-    short = {"indices": "idx", "codebooks": "cb", "factors": "fac", "masks": "mask",
-             "biases": "bias", "dense": "dense", "params": "par", "header": "hdr"}
+    short = {
+        "indices": "idx",
+        "codebooks": "cb",
+        "factors": "fac",
+        "masks": "mask",
+        "biases": "bias",
+        "dense": "dense",
+        "params": "par",
+        "header": "hdr",
+    }
     cols = " ".join(f"{short[p]:>6}" for p in PARTS)
-    print(f"{'bits':>4} {'prune':>5} {'rank':>4} {'bytes':>8} {'bound':>9} {'over%':>6} "
-          f"{'ratio':>6} {'s':>5} | {cols}")
+    print(
+        f"{'bits':>4} {'prune':>5} {'rank':>4} {'bytes':>8} {'bound':>9} {'over%':>6} "
+        f"{'ratio':>6} {'s':>5} | {cols}"
+    )
     worst = 0.0
     for cfg in CONFIGS:
         t = time.perf_counter()
@@ -84,9 +94,11 @@ def main() -> None:
         totals = {p: sum(row[p] for row in parts.values()) for p in PARTS}
         over = 100 * (n / bound - 1)
         worst = max(worst, over)
-        print(f"{cfg.bits:>4} {cfg.prune:>5.2f} {cfg.rank or '-':>4} {n:>8} {bound:>9.0f} "
-              f"{over:>6.2f} {fp32 / n:>6.1f} {seconds:>5.2f} | "
-              + " ".join(f"{totals[p]:>6}" for p in PARTS))
+        print(
+            f"{cfg.bits:>4} {cfg.prune:>5.2f} {cfg.rank or '-':>4} {n:>8} {bound:>9.0f} "
+            f"{over:>6.2f} {fp32 / n:>6.1f} {seconds:>5.2f} | "
+            + " ".join(f"{totals[p]:>6}" for p in PARTS)
+        )
         if args.layers:
             for layer, row in parts.items():
                 print(f"{'':>45}{layer:>8} | " + " ".join(f"{row[p]:>6}" for p in PARTS))

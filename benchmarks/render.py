@@ -60,16 +60,22 @@ def main() -> None:
     grid_s = time.perf_counter() - t0
     ours = run(model, views, grid, early_stop=True, repeats=args.repeats)
     uniform = run(model, views, None, early_stop=False, repeats=1)
-    print(f"scene {args.scene}, {len(views.cameras)} test views at {args.size}×{args.size}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"occupancy grid {grid.resolution}³ from the network: {grid_s:.2f} s once per model, "
-          f"{100 * grid.fraction():.1f}% occupied")
+    print(
+        f"scene {args.scene}, {len(views.cameras)} test views at {args.size}×{args.size}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"occupancy grid {grid.resolution}³ from the network: {grid_s:.2f} s once per model, "
+        f"{100 * grid.fraction():.1f}% occupied"
+    )
     print(f"{'renderer':<28}{'s/view (median)':>16}{'queries/ray':>13}{'PSNR dB':>9}")
     for name, r in [("grid + early termination", ours), ("uniform, no grid", uniform)]:
         print(f"{name:<28}{r['median_s']:>16.3f}{r['queries_per_ray']:>13.2f}{r['psnr']:>9.3f}")
-    print(f"queries: {uniform['queries_per_ray'] / ours['queries_per_ray']:.1f}× fewer; "
-          f"speed: {uniform['median_s'] / ours['median_s']:.1f}× faster; "
-          f"PSNR difference {ours['psnr'] - uniform['psnr']:+.3f} dB")
+    print(
+        f"queries: {uniform['queries_per_ray'] / ours['queries_per_ray']:.1f}× fewer; "
+        f"speed: {uniform['median_s'] / ours['median_s']:.1f}× faster; "
+        f"PSNR difference {ours['psnr'] - uniform['psnr']:+.3f} dB"
+    )
 
 
 if __name__ == "__main__":

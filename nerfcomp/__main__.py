@@ -124,37 +124,11 @@ def _base_name(engine, args) -> str:
     return engine.add_upload(args.checkpoint, args.scene)
 
 
-def _readout(engine, name: str, cfg) -> dict:
-    """The contract's fields for `eval` and `compress`."""
-    orig = engine.score(name, None)
-    comp = engine.compress(name, cfg)
-    score = engine.score(name, cfg)
-    base = engine.base(name)
-    return {
-        "scene": base.scene,
-        "bits": cfg.bits,
-        "rank": cfg.rank,
-        "prune": cfg.prune,
-        "admm_steps": cfg.admm_steps,
-        "psnr": score["psnr"],
-        "psnr_original": orig["psnr"],
-        "psnr_percent": round(100 * score["psnr"] / orig["psnr"], 2),
-        "ssim": score["ssim"],
-        "ssim_original": orig["ssim"],
-        "bytes": comp.bytes,
-        "bytes_original": base.bytes_original,
-        "ratio": round(base.bytes_original / comp.bytes, 3),
-        "render_ms": score["render_ms"],
-        "test_views": score["test_views"],
-        "device": str(engine.device),
-    }
-
-
 def cmd_eval(args) -> dict:
     from nerfcomp.compress.engine import Engine
 
     engine = Engine(args.device)
-    return _readout(engine, _base_name(engine, args), _config(args))
+    return engine.readout(_base_name(engine, args), _config(args))
 
 
 def cmd_compress(args) -> dict:
@@ -163,7 +137,7 @@ def cmd_compress(args) -> dict:
 
     engine = Engine(args.device)
     cfg, name = _config(args), _base_name(engine, args)
-    out = _readout(engine, name, cfg)
+    out = engine.readout(name, cfg)
     atomic_write_bytes(args.out, engine.compress(name, cfg).payload)
     out["bytes"] = os.path.getsize(args.out)
     return {**out, "file": args.out}

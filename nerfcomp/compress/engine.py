@@ -346,6 +346,27 @@ class Engine:
             self._scores.put(key, hit)
         return hit
 
+    def readout(self, name: str, cfg: CompressionConfig) -> dict:
+        """The CLI contract's fields (DESIGN.md): exact scores of the original and the
+        compressed model on every held-out view, and the bytes of the file."""
+        orig, score = self.score(name, None), self.score(name, cfg)
+        base, comp = self.base(name), self.compress(name, cfg)
+        return {
+            "scene": base.scene,
+            **{k: v for k, v in cfg.to_dict().items() if k != "layers"},
+            "psnr": score["psnr"],
+            "psnr_original": orig["psnr"],
+            "psnr_percent": round(100 * score["psnr"] / orig["psnr"], 2),
+            "ssim": score["ssim"],
+            "ssim_original": orig["ssim"],
+            "bytes": comp.bytes,
+            "bytes_original": base.bytes_original,
+            "ratio": round(base.bytes_original / comp.bytes, 3),
+            "render_ms": score["render_ms"],
+            "test_views": score["test_views"],
+            "device": str(self.device),
+        }
+
     def _scene_of(self, name: str) -> str:
         return self.base(name).scene
 

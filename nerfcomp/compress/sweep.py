@@ -62,19 +62,8 @@ def _load(path: Path, scene: str) -> dict:
 
 
 def _measure(engine: Engine, scene: str, cfg: CompressionConfig) -> dict:
-    comp = engine.compress(scene, cfg)
-    score = engine.score(scene, cfg)
-    base = engine.base(scene)
-    return {
-        "bits": cfg.bits,
-        "rank": cfg.rank,
-        "prune": cfg.prune,
-        "admm_steps": cfg.admm_steps,
-        "psnr": score["psnr"],
-        "ssim": score["ssim"],
-        "bytes": comp.bytes,
-        "ratio": round(base.bytes_original / comp.bytes, 3),
-    }
+    r = engine.readout(scene, cfg)
+    return {k: r[k] for k in (*KEYS, "psnr", "ssim", "bytes", "ratio")}
 
 
 def run_sweep(
