@@ -158,7 +158,7 @@ def _rebuild(model: nn.Module, leaves: list, biases: list) -> nn.Module:
             st = StoredTensor(st.shape, st.bits, codebook=cb, indices=idx, mask=st.mask)
         else:
             v = round_to_fp16(p) if st.bits == 16 else p.detach().clone()
-            st = StoredTensor(st.shape, st.bits, mask=st.mask, values=_dense_values(st, v))
+            st = StoredTensor(st.shape, st.bits, mask=st.mask, values=_dense(st, v))
         new_stored.setdefault(id(layer), {})[part] = st
     bias_of = {id(layer): round_to_fp16(b) for layer, b in biases}
     for name, layer in list(model.named_modules()):
@@ -169,10 +169,6 @@ def _rebuild(model: nn.Module, leaves: list, biases: list) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, fresh)
     return model.eval()
-
-
-def _dense_values(st: StoredTensor, v: Tensor) -> Tensor:
-    return v if st.mask is None else v * st.mask
 
 
 def _loss(

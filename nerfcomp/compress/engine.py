@@ -121,7 +121,6 @@ class Base:
     model: NeRF
     bytes_original: int  # size of its float32 checkpoint file
     svds: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
-    grid: OccupancyGrid | None = None
 
 
 @dataclass(eq=False)
