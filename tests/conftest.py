@@ -1,5 +1,7 @@
 """Shared test fixtures."""
 
+import socket
+
 import pytest
 import torch
 
@@ -24,3 +26,15 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(model, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a free TCP port on the loopback interface."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick

@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import re
-import socket
 import threading
 import time
 
@@ -53,21 +52,15 @@ for _p in SWEEP["points"]:
     _p.update(ssim=0.9, ratio=round(636704 / _p["bytes"], 3))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client():
+def client(free_port):
     from gradio_client import Client
 
     import app
 
     demo = app.build_demo().queue()
     _, url, _ = demo.launch(
-        prevent_thread_lock=True, server_port=_free_port(), quiet=True, **app.LAUNCH
+        prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH
     )
     yield Client(url, verbose=False)
     demo.close()
