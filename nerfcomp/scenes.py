@@ -3,20 +3,26 @@
 No NeRF data set can be downloaded offline, so nerfcomp makes its own ground truth.
 Each scene is a signed distance function with a material per point, rendered by sphere
 tracing with Blinn–Phong shading on a white background (the Blender synthetic convention).
+Images are anti-aliased like Blender's renders: each pixel averages a 3×3 grid of rays
+(a box filter), so the ground truth holds no aliasing that differs from view to view.
 Everything is deterministic: the same seed gives bit-identical images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from nerfcomp.fileio import atomic_write
 from nerfcomp.render import ray_aabb_intersect, rays_from_camera
 
 __all__ = [
@@ -36,6 +42,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CAMERA_RADIUS = 3.6
 LOOK_AT = (0.0, -0.2, 0.0)  # the scenes sit low in the cube
 CAMERA_ANGLE_X = 0.6911112070083618  # the Blender synthetic scenes' horizontal field of view
+SUPERSAMPLE = 3  # rays per pixel along each axis of the ground truth (box filter)
 LIGHT = torch.tensor([0.45, 0.8, 0.4])  # towards the key light (normalised below)
 
 
@@ -338,17 +345,29 @@ def shade(scene: Scene, p: Tensor, dirs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def render_ground_truth(scene: Scene, camera: Camera) -> tuple[Tensor, Tensor]:
-    """The exact image of ``scene`` from ``camera``: rgb (H, W, 3) float32 in [0, 1] on a
-    white background, and its alpha mask (H, W) bool — what a Blender RGBA image holds.
-    One ray through each pixel centre, as the NeRF renders it."""
-    origins, dirs = rays_from_camera(camera.c2w, camera.height, camera.width, camera.focal)
-    t, hit = sphere_trace(scene, origins, dirs)
-    rgb = torch.ones_like(origins)
-    if bool(hit.any()):
-        p = origins[hit] + t[hit, None] * dirs[hit]
-        rgb[hit] = shade(scene, p, dirs[hit])
-    return rgb.reshape(camera.height, camera.width, 3), hit.reshape(camera.height, camera.width)
+def render_ground_truth(
+    scene: Scene, camera: Camera, supersample: int = SUPERSAMPLE
+) -> tuple[Tensor, Tensor]:
+    """The anti-aliased image of ``scene`` from ``camera``: rgb (H, W, 3) float32 in [0, 1]
+    on a white background, and its alpha mask (H, W) bool, True where any of the pixel's
+    ``supersample``² rays hits the scene (so a mask never carves away what is seen)."""
+    s = supersample
+    fine = camera.resized(camera.height * s, camera.width * s)  # pixel centres line up
+    rgb, hit = [], []
+    rows = max(1, 65536 // fine.width)  # bound memory: trace a band of rows at a time
+    origins, dirs = rays_from_camera(fine.c2w, fine.height, fine.width, fine.focal)
+    for lo in range(0, fine.height * fine.width, rows * fine.width):
+        o, d = origins[lo : lo + rows * fine.width], dirs[lo : lo + rows * fine.width]
+        t, h = sphere_trace(scene, o, d)
+        c = torch.ones_like(o)
+        if bool(h.any()):
+            c[h] = shade(scene, o[h] + t[h, None] * d[h], d[h])
+        rgb.append(c)
+        hit.append(h)
+    rgb = torch.cat(rgb).reshape(1, fine.height, fine.width, 3).permute(0, 3, 1, 2)
+    hit = torch.cat(hit).reshape(1, 1, fine.height, fine.width).float()
+    rgb = torch.nn.functional.avg_pool2d(rgb, s)[0].permute(1, 2, 0).contiguous()
+    return rgb, torch.nn.functional.max_pool2d(hit, s)[0, 0] > 0
 
 
 @dataclass(frozen=True)
@@ -387,9 +406,34 @@ class Views:
         return keep.reshape(resolution, resolution, resolution)
 
 
+_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("NERFCOMP_CACHE", _ROOT / ".cache"))
+
+
+def _cache_path(key: tuple) -> Path:
+    """Where a set of views is cached: the key and the sources of the scenes and the ray
+    generator name it, so editing a scene, a camera rig or a renderer invalidates the cache."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update((Path(__file__).parent / "render.py").read_bytes())
+    h.update(repr(key).encode())
+    return CACHE_DIR / "views" / f"{key[0]}-{key[1]}-{h.hexdigest()[:16]}.npz"
+
+
+def _load_cached(path: Path, n: int, size: int) -> tuple[Tensor, Tensor] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            rgb, alpha = torch.from_numpy(z["rgb"]), torch.from_numpy(z["alpha"])
+    except (OSError, ValueError, KeyError):
+        return None  # absent or unreadable: render again
+    if rgb.shape != (n, size, size, 3) or alpha.shape != (n, size, size):
+        return None
+    return rgb, alpha
+
+
 @lru_cache(maxsize=8)
 def views(scene_name: str, split: str, size: int = 100, n_train: int = 100, seed: int = 0) -> Views:
-    """Ground-truth views of a scene: split "train", "test" or "orbit". Cached in memory."""
+    """Ground-truth views of a scene: split "train", "test" or "orbit". Cached in memory and
+    on disk (``.cache/views``, or ``$NERFCOMP_CACHE``), since anti-aliasing makes them slow."""
     scene = get_scene(scene_name)
     if split == "train":
         cams = train_cameras(n_train, size, seed)
@@ -399,5 +443,19 @@ def views(scene_name: str, split: str, size: int = 100, n_train: int = 100, seed
         cams = orbit_cameras(size=size)
     else:
         raise ValueError(f"unknown split {split!r}; choose train, test or orbit")
+    path = _cache_path((scene_name, split, size, n_train, seed, SUPERSAMPLE))
+    cached = _load_cached(path, len(cams), size)
+    if cached is not None:
+        return Views(cams, *cached)
     rgb, alpha = zip(*(render_ground_truth(scene, c) for c in cams), strict=True)
-    return Views(cams, torch.stack(rgb), torch.stack(alpha))
+    out = Views(cams, torch.stack(rgb), torch.stack(alpha))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, rgb=out.images.numpy(), alpha=out.masks.numpy())
+
+    try:
+        atomic_write(path, write)
+    except OSError:
+        pass  # a read-only checkout still works, only slower
+    return out

@@ -129,3 +129,34 @@ def test_rays_of_views_match_images():
     # every ray of view 0 starts at its camera
     assert torch.equal(origins[:256], v.cameras[0].c2w[:3, 3].expand(256, 3))
     assert math.isclose(v.cameras[0].focal, 8 / math.tan(0.5 * scenes.CAMERA_ANGLE_X))
+
+
+def test_ground_truth_pixels_average_the_rays_through_their_area():
+    """Supersampling lines up with the pixel grid: an s×s-supersampled pixel is the mean of
+    the s×s pixels of a one-ray-per-pixel render at s times the resolution."""
+    scene, cam = scenes.get_scene("primitives"), scenes.test_cameras(12)[0]
+    rgb, alpha = scenes.render_ground_truth(scene, cam, supersample=3)
+    fine, fine_alpha = scenes.render_ground_truth(scene, cam.resized(36, 36), supersample=1)
+    pooled = fine.reshape(12, 3, 12, 3, 3).mean(dim=(1, 3))
+    torch.testing.assert_close(rgb, pooled)
+    assert torch.equal(alpha, fine_alpha.reshape(12, 3, 12, 3).any(dim=3).any(dim=1))
+    assert ((rgb > 0.05) & (rgb < 0.95)).any()  # silhouettes get in-between values
+
+
+def test_views_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(scenes, "CACHE_DIR", tmp_path)
+    scenes.views.cache_clear()
+    first = scenes.views("primitives", "test", 10)
+    assert list(tmp_path.glob("views/primitives-test-*.npz"))
+    calls = []
+    real = scenes.render_ground_truth
+    monkeypatch.setattr(scenes, "render_ground_truth", lambda *a: calls.append(a) or real(*a))
+    scenes.views.cache_clear()
+    again = scenes.views("primitives", "test", 10)
+    assert not calls and torch.equal(again.images, first.images)
+    assert torch.equal(again.masks, first.masks)
+    for f in tmp_path.glob("views/*.npz"):
+        f.write_bytes(b"not an npz")  # a damaged cache file is rendered again
+    scenes.views.cache_clear()
+    assert torch.equal(scenes.views("primitives", "test", 10).images, first.images) and calls
+    scenes.views.cache_clear()
