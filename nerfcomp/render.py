@@ -122,6 +122,22 @@ def cell_centres(resolution: int, aabb: float, device: torch.device | str = "cpu
     return torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
+def _bf16_ok(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively here (CUDA, or a CPU with AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@torch.no_grad()
+def _density_at(sigma_fn: SigmaFn, pts: Tensor, chunk: int, bf16: bool = False) -> Tensor:
+    out = torch.empty(pts.shape[0], device=pts.device)
+    with torch.autocast(pts.device.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, pts.shape[0], chunk):
+            out[i : i + chunk] = sigma_fn(pts[i : i + chunk]).float()
+    return out
+
+
 @torch.no_grad()
 def grid_from_density(
     sigma_fn: SigmaFn,
@@ -132,6 +148,7 @@ def grid_from_density(
     chunk: int = 1 << 16,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    bf16: bool | None = None,
 ) -> OccupancyGrid:
     """Occupancy grid from the network's own density.
 
@@ -141,8 +158,15 @@ def grid_from_density(
     a cell that slips between the sample points can be culled (use a finer grid or more
     subsamples for such scenes). Never derive one network's grid from another network:
     that would hide the artifacts of the one being rendered.
+
+    ``bf16`` (default: where it runs natively) halves the cost: every point is evaluated in
+    bfloat16, and the few whose density comes out within a factor 2 of the threshold (under
+    1% on the shipped models) again in float32, which decides them. The grid equals the
+    float32 one unless bfloat16 misjudges a density by more than 2× (tests/test_render.py).
     """
     res = resolution
+    device = torch.device(device)
+    bf16 = _bf16_ok(device) if bf16 is None else bf16
     centres = cell_centres(res, aabb, device)
     cell = 2 * aabb / res
     dens = torch.zeros(res**3, device=device)
@@ -151,8 +175,11 @@ def grid_from_density(
         if s > 0:
             jitter = torch.rand(centres.shape, generator=generator, device="cpu").to(device)
             pts = centres + (jitter - 0.5) * cell
-        for i in range(0, pts.shape[0], chunk):
-            dens[i : i + chunk] = torch.maximum(dens[i : i + chunk], sigma_fn(pts[i : i + chunk]))
+        d = _density_at(sigma_fn, pts, chunk, bf16)
+        if bf16:
+            unsure = ((d > 0.5 * threshold) & (d < 2 * threshold)).nonzero().squeeze(1)
+            d[unsure] = _density_at(sigma_fn, pts[unsure], chunk)
+        torch.maximum(dens, d, out=dens)
     occ = (dens > threshold).reshape(1, 1, res, res, res).float()
     occ = torch.nn.functional.max_pool3d(occ, kernel_size=3, stride=1, padding=1)
     return OccupancyGrid(occ[0, 0] > 0, aabb)

@@ -356,3 +356,20 @@ def test_render_image_is_render_rays_reshaped():
     assert image.shape == (8, 12, 3)
     assert stats["rays"] == 96
     torch.testing.assert_close(image, color.clamp(0, 1).reshape(8, 12, 3))
+
+
+@pytest.mark.parametrize("bits", [None, 3])
+def test_bf16_grid_equals_float32_grid_on_a_shipped_model(bits):
+    """The bfloat16 pass only decides cells far from the threshold; float32 decides the rest,
+    so the grid is the float32 one — for the shipped model and a coarsely quantized one."""
+    from nerfcomp import scenes
+    from nerfcomp.compress import CompressionConfig, compress
+    from nerfcomp.model import load_checkpoint
+
+    model, _ = load_checkpoint(scenes.get_scene("primitives").checkpoint)
+    if bits is not None:
+        model = compress(model, CompressionConfig(bits=bits))
+    exact = grid_from_density(model.density, 1.0, 32, 0.5, bf16=False)
+    fast = grid_from_density(model.density, 1.0, 32, 0.5, bf16=True)
+    assert exact.occupied.sum() > 100
+    assert torch.equal(fast.occupied, exact.occupied)
