@@ -51,3 +51,18 @@ def test_pareto_front():
         {"bytes": 40, "psnr": 30.0},
     ]
     assert [p["bytes"] for p in sweep.pareto_front(pts)] == [10, 20, 40]
+
+
+def test_a_table_of_another_model_is_started_again(tiny_checkpoint, tmp_path):
+    engine = Engine("cpu")
+    name = engine.add_upload(tiny_checkpoint, "primitives")
+    out = tmp_path / "t.sweep.json"
+    grid = {"bits": [2], "rank": [None], "prune": [0.0]}
+    sweep.run_sweep(name, out, grid=grid, engine=engine)
+    table = json.loads(out.read_text())
+    assert table["model_sha256"] == engine.base(name).sha256
+    table["model_sha256"] = "retrained"
+    table["points"][0]["psnr"] = 99.0  # stale: must not survive
+    out.write_text(json.dumps(table))
+    assert sweep.run_sweep(name, out, grid=grid, engine=engine)["computed"] == 1
+    assert json.loads(out.read_text())["points"][0]["psnr"] != 99.0

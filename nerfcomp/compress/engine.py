@@ -120,6 +120,7 @@ class Base:
     scene: str  # the scene whose ground truth scores it
     model: NeRF
     bytes_original: int  # size of its float32 checkpoint file
+    sha256: str = ""  # of its weights (tensor bytes in layer order)
     svds: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
 
@@ -146,12 +147,14 @@ class Engine:
         device: str | torch.device | None = None,
         cache_bytes: int = 768 << 20,
         settings: RenderSettings = RenderSettings(),
+        max_uploads: int = 4,
     ) -> None:
         self.device = resolve_device(device)
         self.settings = settings
         self.counters: Counter[str] = Counter()
         self._lock = threading.RLock()
-        self._bases: dict[str, Base] = {}
+        self._bases: dict[str, Base] = {}  # insertion order: oldest upload first
+        self.max_uploads = max_uploads
         self._stage1 = ByteLRU(cache_bytes // 8)  # (base, layer, rank, prune) → tensors to store
         self._parts = ByteLRU(
             cache_bytes // 8
@@ -178,9 +181,10 @@ class Engine:
             model, _ = load_checkpoint(scene.checkpoint, self.device)
             return self._add_base(name, name, model, os.path.getsize(scene.checkpoint))
 
-    def add_upload(self, path: str | os.PathLike, scene: str) -> str:
-        """Register an uploaded checkpoint (validated by ``load_checkpoint``) scored against
-        ``scene``'s ground truth; returns its base name."""
+    def add_upload(self, path: str | os.PathLike, scene: str, model: NeRF | None = None) -> str:
+        """Register an uploaded checkpoint (validated by ``load_checkpoint`` unless ``model``
+        is its already validated model) scored against ``scene``'s ground truth; returns its
+        base name. The last ``max_uploads`` uploads are kept; older ones are dropped."""
         scenes.get_scene(scene)
         if not os.path.isfile(path):
             raise ValueError(f"checkpoint not found: {path}")
@@ -188,13 +192,27 @@ class Engine:
             digest = hashlib.sha256(f.read()).hexdigest()[:12]
         name = f"upload:{digest}:{scene}"
         with self._lock:
-            if name not in self._bases:
+            if name in self._bases:
+                self._bases[name] = self._bases.pop(name)  # most recent last
+                return name
+            if model is None:
                 model, _ = load_checkpoint(path, self.device)
-                self._add_base(name, scene, model, os.path.getsize(path))
+            self._add_base(name, scene, model.to(self.device).eval(), os.path.getsize(path))
+            uploads = [n for n in self._bases if n.startswith("upload:")]
+            for old in uploads[: max(0, len(uploads) - self.max_uploads)]:
+                del self._bases[old]
         return name
 
+    def has_base(self, name: str) -> bool:
+        """Whether ``name`` is a registered upload or a loaded scene."""
+        with self._lock:
+            return name in self._bases
+
     def _add_base(self, name: str, scene: str, model: NeRF, nbytes: int) -> Base:
-        base = Base(name, scene, model, nbytes)
+        h = hashlib.sha256()
+        for t in model.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        base = Base(name, scene, model, nbytes, h.hexdigest())
         for lname in linear_names(model):
             base.svds[lname] = svd_from_weight(model.get_submodule(lname).weight.detach())
             self.counters["svd"] += 1

@@ -49,16 +49,21 @@ def pareto_front(points: list[dict]) -> list[dict]:
     return front
 
 
-def _load(path: Path, scene: str) -> dict:
-    if path.exists():
-        try:
-            table = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: sweep table is not valid JSON ({e})") from None
-        if table.get("scene") != scene:
-            raise ValueError(f"{path}: sweep table is for scene {table.get('scene')!r}")
-        return table
-    return {"scene": scene, "points": []}
+def _load(path: Path, scene: str, model_sha: str) -> dict:
+    """The table so far; a fresh one if it was measured on another model (retrained)."""
+    fresh = {"scene": scene, "model_sha256": model_sha, "points": []}
+    if not path.exists():
+        return fresh
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: sweep table is not valid JSON ({e})") from None
+    if table.get("scene") != scene:
+        raise ValueError(f"{path}: sweep table is for scene {table.get('scene')!r}")
+    if table.get("model_sha256") != model_sha:
+        log.warning("%s: measured on another model; starting the table again", path)
+        return fresh
+    return table
 
 
 def _measure(engine: Engine, scene: str, cfg: CompressionConfig) -> dict:
@@ -78,7 +83,7 @@ def run_sweep(
     """Grow the table at ``out`` (default assets/SCENE.sweep.json); returns a summary."""
     path = Path(out) if out else sweep_path(scene)
     engine = engine or Engine(device)
-    table = _load(path, scene)
+    table = _load(path, scene, engine.base(scene).sha256)
     orig = engine.score(scene, None)
     table.update(psnr_original=orig["psnr"], ssim_original=orig["ssim"])
     table["bytes_original"] = engine.base(scene).bytes_original
