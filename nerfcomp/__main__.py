@@ -109,8 +109,11 @@ def cmd_train(args) -> dict:
     cfg = TrainConfig(args.scene, **kw)
     out = args.out or scenes.get_scene(args.scene).checkpoint
 
-    def progress(step: int, total: int, m: dict) -> None:
-        if step % 256 == 0 or step == total:
+    logged = [0]
+
+    def progress(step: int, total: int, m: dict) -> None:  # called every grid_every steps
+        if step - logged[0] >= 250 or step == total:
+            logged[0] = step
             log.info("step %d/%d  loss %.5f  train PSNR %.2f", step, total, m["loss"], m["psnr"])
 
     metrics = train(cfg, out, resolve_device(args.device), args.resume, progress)
