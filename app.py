@@ -33,7 +33,8 @@ THEME = gr.themes.Default(
     font=["system-ui", "sans-serif"],  # no web fonts: the app needs no network
     font_mono=["ui-monospace", "monospace"],
 )
-LAUNCH = {"css": CSS, "theme": THEME, "share": False}
+# uploads over 2× the app's own limit are refused by Gradio before they reach the disk
+LAUNCH = {"css": CSS, "theme": THEME, "share": False, "max_file_size": 2 * ui.uploads.MAX_BYTES}
 
 
 def build_demo() -> gr.Blocks:
@@ -136,6 +137,28 @@ def build_demo() -> gr.Blocks:
                 eval_size = gr.Number(100, precision=0, visible=False, label="eval_size")
                 csv_btn = gr.Button("Download rate–distortion table (CSV)")
                 csv_file = gr.File(label="CSV")
+        with gr.Accordion("Your own model", open=False):
+            gr.Markdown(
+                "Explore **your NeRF checkpoint** (this project's safetensors format, as written "
+                "by `python -m nerfcomp train`), scored against a scene's ground truth, or "
+                "**open a .nrc file** to decode and view it. Files are checked before use "
+                f"(at most {ui.MAX_UPLOAD_MB} MB; pickles are never loaded)."
+            )
+            with gr.Row():
+                with gr.Column():
+                    ckpt_file = gr.File(
+                        label="Explore a checkpoint (.safetensors)",
+                        file_types=[".safetensors"],
+                        type="filepath",
+                    )
+                    gt_scene = gr.Dropdown(
+                        list(ui.scenes.SCENES), value="primitives", label="Score against scene"
+                    )
+                    upload_status = gr.Markdown()
+                with gr.Column():
+                    nrc_in = gr.File(label="Open a .nrc file", file_types=[".nrc"], type="filepath")
+                    nrc_pair = gr.ImageSlider(format="png", label="ground truth ◀ ▶ decoded file")
+                    nrc_json = gr.JSON(label="Decoded file (exact score)")
         with gr.Accordion("How it works", open=False):
             gr.Markdown(
                 HOW_IT_WORKS.read_text(),
@@ -151,7 +174,10 @@ def build_demo() -> gr.Blocks:
         inspect_in = [*setting, layer, keep_ends, fmt, steps]
         inspect_out = [stages_plot, hist_plot, spectrum_plot]
         controls = [bits, fmt, rank, prune, keep_ends, steps]
-        engine = {"concurrency_id": "engine", "preprocess": False}
+        # the slider path: two users' calls run at once; long jobs (refine, video, export,
+        # uploads) queue one at a time on their own, so they never hold the slider path
+        engine = {"concurrency_id": "engine", "concurrency_limit": 2, "preprocess": False}
+        long = {"concurrency_id": "long", "concurrency_limit": 1}
         quiet = {**engine, "api_visibility": "private", "show_progress": "minimal"}
 
         def refresh(event):  # after an event that changed the controls: recompute everything
@@ -191,6 +217,7 @@ def build_demo() -> gr.Blocks:
             trigger_mode="always_last",
             show_progress="hidden",
             preprocess=False,
+            concurrency_limit=4,
         )
         layer.input(
             ui.inspect_setting,
@@ -215,7 +242,7 @@ def build_demo() -> gr.Blocks:
             [*setting, steps, keep_ends, fmt],
             [refine_status, admm_plot, refine_json],
             api_name="refine",
-            **engine,
+            **long,
         )
         run.success(ui.compress, main_in, main_out, **quiet)
         cancel_btn.click(
@@ -226,16 +253,32 @@ def build_demo() -> gr.Blocks:
             [*setting, frames, size, keep_ends, fmt, steps],
             video,
             api_name="orbit",
-            **engine,
+            **long,
         )
         export_btn.click(
             ui.export,
             [*setting, keep_ends, fmt, steps, eval_size],
             [nrc_file, export_json],
             api_name="export",
-            **engine,
+            **long,
         )
         csv_btn.click(ui.sweep_csv, scene, csv_file, api_name="sweep_csv")
+        refresh(
+            ckpt_file.upload(
+                ui.upload_checkpoint,
+                [ckpt_file, gt_scene],
+                [scene, upload_status],
+                api_name="upload_checkpoint",
+                **long,
+            ).success(ui.scene_layers, scene, layer, api_visibility="private")
+        )
+        nrc_in.upload(
+            ui.open_nrc,
+            [nrc_in, azimuth, elevation, size],
+            [nrc_pair, nrc_json],
+            api_name="open_nrc",
+            **long,
+        )
     return demo
 
 

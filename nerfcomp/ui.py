@@ -9,10 +9,12 @@ runs inside functions wrapped by ``gpu`` (ZeroGPU's ``spaces.GPU`` when present,
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import replace
@@ -21,10 +23,10 @@ from numbers import Real
 import gradio as gr
 import torch
 
-from nerfcomp import figures, metrics, scenes
+from nerfcomp import figures, metrics, scenes, uploads
 from nerfcomp.compress import CompressionConfig, LayerConfig, linear_names
 from nerfcomp.compress.config import ALLOWED_BITS
-from nerfcomp.compress.engine import Engine
+from nerfcomp.compress.engine import ByteLRU, Engine
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,12 @@ SIZES = (64, 100, 128, 160, 200)
 FAST_RAYS = 4096
 ERROR_VMAX = 0.25  # error map scale: |error| in [0, 1] units, clipped here
 DEFAULT_LAYER = "trunk.1"
+MAX_UPLOAD_MB = uploads.MAX_BYTES >> 20
 FULL_RANK = 128  # the NeRF's width: the largest rank any of its layers has
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
-_exact: dict[tuple, dict] = {}  # (scene, cfg) → exact held-out score, from Refine / Export
+_exact = ByteLRU(4 << 20)  # (scene, cfg) → exact held-out score, from Refine / Export
 _cancels: dict[str, threading.Event] = {}  # session → its running refinement's cancel flag
 
 
@@ -118,18 +121,37 @@ def _bits(x) -> int:
 
 
 def check_scene(scene) -> str:
+    """A shipped scene with a checkpoint, or an uploaded checkpoint's name (``upload:…``)."""
     have = available_scenes()
+    if isinstance(scene, str) and scene.startswith("upload:"):
+        if engine().has_base(scene):
+            return scene
+        raise ValueError(
+            f"the uploaded checkpoint {scene!r} is no longer loaded (only the last "
+            f"{engine().max_uploads} uploads are kept); upload it again"
+        )
     if scene not in have:
         known = ", ".join(have) or "none (train one: python -m nerfcomp train --scene NAME)"
-        raise ValueError(f"scene must be a scene with a checkpoint ({known}); got {scene!r}")
+        shown = scene if not isinstance(scene, str) or len(scene) <= 60 else scene[:60] + "…"
+        raise ValueError(f"scene must be a scene with a checkpoint ({known}); got {shown!r}")
     return scene
+
+
+def scene_of(name: str) -> str:
+    """The procedural scene whose ground truth scores the model ``name``."""
+    return name.split(":")[-1] if name.startswith("upload:") else name
 
 
 @functools.lru_cache(maxsize=8)
 def cpu_model(scene: str) -> torch.nn.Module:
-    """The scene's NeRF on the CPU, for shapes and layer names (no engine, no GPU)."""
+    """The scene's (or upload's) NeRF on the CPU, for shapes and layer names."""
     from nerfcomp.model import load_checkpoint
 
+    if scene.startswith("upload:"):
+        from nerfcomp.evaluate import module_device
+
+        model = engine().base(scene).model
+        return model if module_device(model).type == "cpu" else copy.deepcopy(model).cpu()
     return load_checkpoint(scenes.get_scene(scene).checkpoint, "cpu")[0]
 
 
@@ -251,7 +273,7 @@ def compress(
     timing["grid"] = lap()
     cam = scenes.camera_at(azimuth, elevation, size)
     orig, now = eng.render(scene, None, cam), eng.render(scene, cfg, cam)
-    gt = _ground_truth(scene, azimuth, elevation, size)
+    gt = _ground_truth(scene_of(scene), azimuth, elevation, size)
     timing["render"] = lap()
     readout = _readout(scene, cfg, refined, comp.bytes, orig, now, gt)
     readout["view"] = {"azimuth": azimuth, "elevation": elevation, "size": size}
@@ -353,7 +375,10 @@ def estimate(scene, bits, rank, prune, keep_ends=False, float_format="k-means") 
         total += kept * per + (2 * 2**lc.bits if lc.bits <= 8 else 0)
         total += numel / 8 if lc.prune > 0 else 0
         total += m * (2 if lc.bits <= 16 else 4)
-    base = scenes.get_scene(scene).checkpoint.stat().st_size
+    if scene.startswith("upload:"):
+        base = engine().base(scene).bytes_original
+    else:
+        base = scenes.get_scene(scene).checkpoint.stat().st_size
     return f"≈ **{total / 1e3:,.0f} KB**, ≈ {base / total:.1f}× smaller (estimate while dragging)"
 
 
@@ -365,6 +390,8 @@ RENDERS_FLOOR = 0.85  # "still renders": held-out PSNR at least this fraction of
 
 def load_sweep(scene: str) -> dict | None:
     """The scene's rate–distortion table, or None when it has not been computed (or is bad)."""
+    if scene not in scenes.SCENES:
+        return None  # uploads have no sweep table
     path = SWEEP_DIR / f"{scene}.sweep.json"
     try:
         return _read_sweep(path, path.stat().st_mtime_ns)
@@ -623,7 +650,8 @@ def refine(
         what = "cancelled" if cancel.is_set() else f"failed: {type(e).__name__}: {e}"
         raise ValueError(f"ADMM refinement {what}")
     score = done["score"]
-    _exact[(scene, cfg)], _exact[(scene, None)] = score, done["score0"]
+    _exact.put((scene, cfg), score)
+    _exact.put((scene, None), done["score0"])
     result = {
         "scene": scene,
         **{k: v for k, v in cfg.to_dict().items() if k != "layers"},
@@ -661,7 +689,6 @@ _tmpdir: str | None = None
 def _output_path(name: str) -> str:
     """A path in this process's temp folder; older outputs are deleted, the folder at exit."""
     import atexit
-    import os
     import shutil
     import tempfile
 
@@ -682,7 +709,8 @@ def _file_name(scene: str, cfg: CompressionConfig, ext: str) -> str:
     rank = cfg.rank or "full"
     ends = "-ends32" if cfg.layers else ""
     admm = f"-admm{cfg.admm_steps}" if cfg.admm_steps else ""
-    return f"{scene}-b{cfg.bits}-r{rank}-p{cfg.prune:g}{ends}{admm}.{ext}"
+    name = scene.replace(":", "-")  # upload:<sha>:<scene>
+    return f"{name}-b{cfg.bits}-r{rank}-p{cfg.prune:g}{ends}{admm}.{ext}"
 
 
 @user_errors
@@ -743,7 +771,8 @@ def export(
     nbytes = atomic_write_bytes(path, comp.payload)
     score, score0 = eng.score(scene, cfg, eval_size), eng.score(scene, None, eval_size)
     if eval_size == 100:
-        _exact[(scene, cfg)], _exact[(scene, None)] = score, score0
+        _exact.put((scene, cfg), score)
+        _exact.put((scene, None), score0)
     bytes_original = eng.base(scene).bytes_original
     result = {
         "scene": scene,
@@ -785,3 +814,68 @@ def sweep_csv(scene):
         for p in sorted(table["points"], key=lambda p: p["bytes"]):
             w.writerow(p)
     return path
+
+
+# --- uploads -----------------------------------------------------------------------------------
+
+
+def _upload_path(file) -> str:
+    """The server-side path of an uploaded file (a path, or gradio's FileData as a dict)."""
+    path = file.get("path") if isinstance(file, dict) else file
+    if not isinstance(path, str) or not path:
+        raise ValueError("no file uploaded")
+    return path
+
+
+@user_errors
+def upload_checkpoint(file, scene):
+    """Explore an uploaded NeRF checkpoint (this project's safetensors format), scored
+    against ``scene``'s ground truth: returns the scene picker (now offering the upload,
+    selected) and a status line. Validated first (nerfcomp/uploads.py); never unpickled."""
+    path = _upload_path(file)
+    scene = _choice("scene", scene_of(scene) if isinstance(scene, str) else scene, scenes.SCENES)
+    model, extra = uploads.check_checkpoint(path)
+    name = engine().add_upload(path, scene, model)
+    trained = extra.get("scene")
+    note = f" (trained on {trained})" if isinstance(trained, str) and trained != scene else ""
+    status = (
+        f"**Uploaded** {model.config.width}-wide NeRF, {os.path.getsize(path) / 1e3:,.0f} KB"
+        f"{note}: scored against the **{scene}** ground truth."
+    )
+    choices = [*available_scenes(), name]
+    return gr.Dropdown(choices=choices, value=name), status
+
+
+@user_errors
+@gpu
+def open_nrc(file, azimuth=30.0, elevation=30.0, size=100):
+    """Decode an uploaded .nrc file and view it: (ground truth, decoded render) and its
+    exact score on every held-out view of the scene its header names."""
+    from nerfcomp.evaluate import evaluate_model, render_view
+
+    path = _upload_path(file)
+    azimuth = _number("azimuth", azimuth, -360, 360)
+    elevation = _number("elevation", elevation, -89, 89)
+    size = _number("size", size, 16, 400, integer=True)
+    model, meta = uploads.check_nrc(path)
+    eng = engine()
+    model = model.to(eng.device).eval()
+    scene = meta["scene"]
+    cam = scenes.camera_at(azimuth, elevation, size)
+    now, gt = render_view(model, cam), _ground_truth(scene, azimuth, elevation, size)
+    score = evaluate_model(model, scene)
+    nbytes = os.path.getsize(path)
+    result = {
+        "scene": scene,
+        **{k: meta.get("config", {}).get(k) for k in ("bits", "rank", "prune", "admm_steps")},
+        "psnr": score["psnr"],
+        "ssim": score["ssim"],
+        "psnr_kind": "exact: all held-out views",
+        "psnr_view": _finite(metrics.psnr(now.image, gt)),
+        "bytes": nbytes,
+    }
+    if scene in available_scenes():
+        result["bytes_original"] = eng.base(scene).bytes_original
+        result["ratio"] = round(result["bytes_original"] / nbytes, 3)
+        result["psnr_original"] = eng.score(scene, None)["psnr"]
+    return (figures.to_uint8(gt), figures.to_uint8(now.image)), result

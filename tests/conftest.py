@@ -38,3 +38,19 @@ def free_port():
             return s.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture(scope="session")
+def client(free_port):
+    """A gradio_client Client of the explorer, launched in this process (shared by the app,
+    upload and fuzz tests)."""
+    from gradio_client import Client
+
+    import app
+
+    demo = app.build_demo().queue()
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH
+    )
+    yield Client(url, verbose=False)
+    demo.close()

@@ -34,6 +34,8 @@ API_NAMES = {
     "/orbit",
     "/export",
     "/sweep_csv",
+    "/upload_checkpoint",
+    "/open_nrc",
 }
 CONTRACT = {"psnr", "psnr_original", "psnr_test", "ssim", "bytes", "bytes_original", "ratio"}
 SWEEP = {  # a hand-made table: original 30 dB
@@ -50,20 +52,6 @@ SWEEP = {  # a hand-made table: original 30 dB
 }
 for _p in SWEEP["points"]:
     _p.update(ssim=0.9, ratio=round(636704 / _p["bytes"], 3))
-
-
-@pytest.fixture(scope="module")
-def client(free_port):
-    from gradio_client import Client
-
-    import app
-
-    demo = app.build_demo().queue()
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH
-    )
-    yield Client(url, verbose=False)
-    demo.close()
 
 
 def compress(client, bits, **kw):
@@ -223,3 +211,38 @@ def test_refine_can_be_cancelled(client, monkeypatch):
     with pytest.raises(Exception, match="cancelled"):
         job.result(timeout=60)
     assert client.predict(api_name="/cancel") == "Nothing to cancel."
+
+
+def test_a_long_refine_does_not_hold_up_the_sliders(client, monkeypatch):
+    """Refine queues apart from the slider path: /compress answers while a refinement runs."""
+    monkeypatch.setattr("nerfcomp.compress.admm.refine", _fake_refine(1.0))
+    job = client.submit(SCENE, 3, 128, 0.0, 11, False, "k-means", api_name="/refine")
+    while "refine" not in {t.name for t in threading.enumerate()}:
+        time.sleep(0.05)
+    assert compress(client, 5)[3]["bits"] == 5
+    assert not job.done()  # the slider answered before the 5 s refinement ended
+    assert "Refined" in job.result(timeout=60)[0]
+
+
+def test_concurrent_users_get_the_answers_they_would_get_alone(client):
+    """Four users at once (two run in parallel on the slider path), each result equal to the
+    same call made alone."""
+    from gradio_client import Client
+
+    settings = [(b, r, p) for b, r, p in [(3, 128, 0.0), (6, 32, 0.0), (4, 128, 0.2), (2, 64, 0.1)]]
+    users = [Client(client.src, verbose=False) for _ in settings]
+    results: dict[int, dict] = {}
+
+    def user(i: int) -> None:
+        b, r, p = settings[i]
+        results[i] = compress(users[i], b, rank=r, prune=p)[3]
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    keys = ("psnr", "psnr_original", "psnr_test", "ssim", "bytes", "ratio")
+    for i, (b, r, p) in enumerate(settings):
+        alone = compress(client, b, rank=r, prune=p)[3]
+        assert {k: results[i][k] for k in keys} == {k: alone[k] for k in keys}
