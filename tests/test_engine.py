@@ -116,3 +116,19 @@ def test_unknown_scene_and_missing_checkpoint_are_value_errors(tmp_path):
         e.compress("nope", CompressionConfig())
     with pytest.raises(ValueError, match="checkpoint not found"):
         e.add_upload(tmp_path / "missing.safetensors", "primitives")
+
+
+def test_settings_that_give_the_same_model_share_its_renders(engine):
+    """On a width-16 NeRF no layer factorizes at rank ≥ 14, so rank 14 is full rank: the
+    same tensors, hence the same grid and render, computed once."""
+    from nerfcomp.scenes import camera_at
+
+    e, name = engine
+    cam = camera_at(10.0, 20.0, size=16)
+    full, r14 = CompressionConfig(bits=3), CompressionConfig(bits=3, rank=14)
+    assert e.compress(name, full).digest == e.compress(name, r14).digest
+    grids, renders = e.counters["grid"], e.counters["render"]
+    assert e.render(name, r14, cam) is e.render(name, full, cam)
+    assert e.counters["render"] == renders + 1 and e.counters["grid"] == grids + 1
+    r4 = CompressionConfig(bits=3, rank=4)
+    assert e.compress(name, r4).digest != e.compress(name, full).digest

@@ -78,6 +78,15 @@ def nbytes_of(obj) -> int:
     return 64
 
 
+def tensor_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's named tensors: equal digests, equal outputs."""
+    h = hashlib.sha256()
+    for key, t in module.state_dict().items():
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class ByteLRU:
     """A thread-safe least-recently-used cache bounded by the bytes of its values."""
 
@@ -133,6 +142,7 @@ class Compressed:
     model: nn.Module
     payload: bytes  # exactly what `save` writes
     breakdown: dict  # layer → part → bytes
+    digest: str = ""  # of the model's tensors: equal digests, equal outputs
 
     @property
     def bytes(self) -> int:
@@ -209,10 +219,7 @@ class Engine:
             return name in self._bases
 
     def _add_base(self, name: str, scene: str, model: NeRF, nbytes: int) -> Base:
-        h = hashlib.sha256()
-        for t in model.state_dict().values():
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        base = Base(name, scene, model, nbytes, h.hexdigest())
+        base = Base(name, scene, model, nbytes, tensor_digest(model))
         for lname in linear_names(model):
             base.svds[lname] = svd_from_weight(model.get_submodule(lname).weight.detach())
             self.counters["svd"] += 1
@@ -290,7 +297,7 @@ class Engine:
         payload, breakdown = encode_with_breakdown(
             model, {"scene": base.scene, "config": cfg.to_dict()}
         )
-        result = Compressed(base.name, cfg, model, payload, breakdown)
+        result = Compressed(base.name, cfg, model, payload, breakdown, tensor_digest(model))
         self.counters["encode"] += 1
         cache.put(key, result)
         return result
@@ -307,9 +314,16 @@ class Engine:
             return self.base(name).model
         return self.compress(name, cfg).model
 
+    def _same(self, name: str, cfg: CompressionConfig | None) -> tuple:
+        """The cache key of what a model computes: settings that give identical tensors
+        (ranks at which no layer factorizes, say) share grids, renders and scores."""
+        if cfg is None:
+            return (name, None)
+        return (name, self.compress(name, cfg).digest)
+
     def grid(self, name: str, cfg: CompressionConfig | None) -> OccupancyGrid:
         """The occupancy grid of that model, from its own density."""
-        key = (name, cfg)
+        key = self._same(name, cfg)
         grid = self._grids.get(key)
         if grid is None:
             grid = grid_for(self._model(name, cfg))
@@ -319,7 +333,7 @@ class Engine:
 
     def render(self, name: str, cfg: CompressionConfig | None, camera: scenes.Camera) -> Rendered:
         """A view of the original (cfg None) or compressed model; cached per camera."""
-        key = (name, cfg, camera.c2w.numpy().tobytes(), camera.height, camera.width)
+        key = (*self._same(name, cfg), camera.c2w.numpy().tobytes(), camera.height, camera.width)
         hit = self._renders.get(key)
         if hit is None:
             hit = render_view(self._model(name, cfg), camera, self.grid(name, cfg), self.settings)
@@ -329,7 +343,7 @@ class Engine:
 
     def score(self, name: str, cfg: CompressionConfig | None, size: int = 100) -> dict:
         """PSNR/SSIM over every held-out test view (exact)."""
-        key = (name, cfg, "exact", size)
+        key = (*self._same(name, cfg), "exact", size)
         hit = self._scores.get(key)
         if hit is None:
             scene = self._scene_of(name)
@@ -342,7 +356,7 @@ class Engine:
 
     def score_fast(self, name: str, cfg: CompressionConfig | None, n_rays: int = 4096) -> float:
         """PSNR on a fixed subset of ``n_rays`` held-out test rays (same rays every call)."""
-        key = (name, cfg, "fast", n_rays)
+        key = (*self._same(name, cfg), "fast", n_rays)
         hit = self._scores.get(key)
         if hit is None:
             origins, dirs, target = _test_ray_subset(self._scene_of(name), n_rays)
