@@ -35,6 +35,13 @@ def _add_compression_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admm-steps", type=int, default=0, help="ADMM refinement steps (0: instant)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--checkpoint", default=None, help="a NeRF checkpoint instead of the scene's")
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="NAME=bits:B,rank:R,prune:P",
+        help="per-layer override, repeatable (e.g. trunk.0=bits:8 sigma=bits:8,rank:0)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,11 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args):
-    from nerfcomp.compress import CompressionConfig
+def parse_layer(spec: str) -> tuple[str, dict]:
+    """``NAME=bits:4,rank:32,prune:0.1`` → (NAME, {"bits": 4, "rank": 32, "prune": 0.1})."""
+    name, sep, body = spec.partition("=")
+    fields: dict = {}
+    for item in body.split(",") if body else []:
+        key, colon, value = item.partition(":")
+        if key not in ("bits", "rank", "prune") or not colon:
+            raise CliError(f"--layer {spec!r}: expected NAME=bits:B,rank:R,prune:P")
+        try:
+            fields[key] = float(value) if key == "prune" else int(value)
+        except ValueError:
+            raise CliError(f"--layer {spec!r}: {key} must be a number, got {value!r}") from None
+    if not name or not sep or not fields:
+        raise CliError(f"--layer {spec!r}: expected NAME=bits:B,rank:R,prune:P")
+    return name, fields
 
+
+def _config(args):
+    from nerfcomp.compress import CompressionConfig, LayerConfig
+
+    layers = {}
+    for spec in args.layer:
+        name, fields = parse_layer(spec)
+        layers[name] = LayerConfig(**fields)
     return CompressionConfig(
-        bits=args.bits, rank=args.rank, prune=args.prune, admm_steps=args.admm_steps
+        bits=args.bits,
+        rank=args.rank,
+        prune=args.prune,
+        admm_steps=args.admm_steps,
+        layers=layers,
     )
 
 
@@ -165,6 +197,7 @@ def cmd_decode(args) -> dict:
         "file": args.file,
         "scene": meta["scene"],
         **{k: cfg.get(k) for k in ("bits", "rank", "prune", "admm_steps")},
+        **({"layers": cfg["layers"]} if cfg.get("layers") else {}),
         **{k: score[k] for k in ("psnr", "ssim", "render_ms", "test_views")},
         "bytes": os.path.getsize(args.file),
         "device": str(device),

@@ -55,6 +55,10 @@ def test_compress_then_decode_agree(capsys, tiny_checkpoint, tmp_path):
         (["decode", "/no/such.nrc"], "no such file"),
         (["eval", "--bits", "4"], "required: --scene"),
         (["frobnicate"], "invalid choice"),
+        (["eval", "--scene", "primitives", "--layer", "trunk.0"], "expected NAME=bits:B"),
+        (["eval", "--scene", "primitives", "--layer", "trunk.0=bits:x"], "bits must be a number"),
+        (["eval", "--scene", "primitives", "--layer", "nope=bits:4"], "not Linear layers"),
+        (["eval", "--scene", "primitives", "--layer", "sigma=bits:9"], "bits must be"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(capsys, argv, message):
@@ -73,3 +77,21 @@ def test_corrupt_checkpoint_and_foreign_file(capsys, tmp_path):
     foreign.write_bytes(b"PK\x03\x04 not ours")
     rc, _, err = run(capsys, "decode", str(foreign))
     assert rc == 2 and err.count("\n") == 1
+
+
+def test_per_layer_overrides_reach_the_file(capsys, tiny_checkpoint, tmp_path):
+    out = tmp_path / "mixed.nrc"
+    args = ["--scene", "primitives", "--checkpoint", str(tiny_checkpoint), "--bits", "2"]
+    layers = ["--layer", "trunk.0=bits:8", "--layer", "rgb=bits:16,rank:0"]
+    rc, comp, err = run(capsys, "compress", *args, *layers, "--out", str(out), "--json")
+    assert rc == 0, err
+    assert comp["layers"]["trunk.0"]["bits"] == 8 and comp["layers"]["rgb"]["bits"] == 16
+    from nerfcomp.compress import load
+
+    model = load(out)
+    assert len(model.trunk[0].stored["W"].codebook) > 4  # 8 bits, not the default 2
+    assert len(model.trunk[1].stored["W"].codebook) <= 4
+    assert model.rgb.stored["W"].bits == 16
+    rc, dec, err = run(capsys, "decode", str(out), "--json")
+    assert rc == 0, err
+    assert dec["psnr"] == comp["psnr"] and dec["layers"] == comp["layers"]

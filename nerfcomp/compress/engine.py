@@ -274,6 +274,12 @@ class Engine:
         """The compressed model of base ``name`` under ``cfg``: the instant path (SVD
         truncation, pruning, k-means) or, with ``cfg.admm_steps``, ADMM refinement."""
         base = self.base(name)
+        unknown = sorted(set(cfg.layers) - set(linear_names(base.model)))
+        if unknown:
+            raise ValueError(
+                f"layer overrides name {unknown}, not Linear layers of the model "
+                f"({', '.join(linear_names(base.model))})"
+            )
         key = (base.name, cfg)
         cache = self._refined if cfg.admm_steps else self._models
         hit = cache.get(key)
@@ -384,7 +390,7 @@ class Engine:
         base, comp = self.base(name), self.compress(name, cfg)
         return {
             "scene": base.scene,
-            **{k: v for k, v in cfg.to_dict().items() if k != "layers"},
+            **{k: v for k, v in cfg.to_dict().items() if k != "layers" or v},
             "psnr": score["psnr"],
             "psnr_original": orig["psnr"],
             "psnr_percent": round(100 * score["psnr"] / orig["psnr"], 2),
