@@ -177,7 +177,7 @@ def build_demo() -> gr.Blocks:
         # the slider path: two users' calls run at once; long jobs (refine, video, export,
         # uploads) queue one at a time on their own, so they never hold the slider path
         engine = {"concurrency_id": "engine", "concurrency_limit": 2, "preprocess": False}
-        long = {"concurrency_id": "long", "concurrency_limit": 1}
+        long = {"concurrency_id": "long", "concurrency_limit": 1, "preprocess": False}
         quiet = {**engine, "api_visibility": "private", "show_progress": "minimal"}
 
         def refresh(event):  # after an event that changed the controls: recompute everything
@@ -269,7 +269,7 @@ def build_demo() -> gr.Blocks:
                 [ckpt_file, gt_scene],
                 [scene, upload_status],
                 api_name="upload_checkpoint",
-                **long,
+                **{**long, "preprocess": True},  # the file: moved into Gradio's cache first
             ).success(ui.scene_layers, scene, layer, api_visibility="private")
         )
         nrc_in.upload(
@@ -277,7 +277,7 @@ def build_demo() -> gr.Blocks:
             [nrc_in, azimuth, elevation, size],
             [nrc_pair, nrc_json],
             api_name="open_nrc",
-            **long,
+            **{**long, "preprocess": True},
         )
     return demo
 

@@ -22,7 +22,7 @@ Starts ``python app.py`` on a free port and, after one warm-up call (which loads
 Targets (the issue): zero errors, every result equal to the same call made alone, p95 latency
 reported, RSS after ``--total`` calls ≤ 1.5× RSS after the first 50. The exit status is 1
 when any call failed or any result differed (RSS and latency are reported, pass/fail).
-The load average is printed: with a concurrency limit of one /compress at a time, the latency
+The load average is printed: the slider path runs two /compress calls at a time, so the latency
 of each call includes the queue behind the other clients.
 """
 

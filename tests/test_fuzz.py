@@ -37,7 +37,8 @@ VALID = {
     "/open_nrc": (FILE, 30, 30, 64),
 }
 # values that are valid for some parameter: fuzzing must not expect an error for them
-TOLERATED = {("/compress", 2), ("/estimate", 2), ("/inspect", 2)}  # rank None: full rank
+RANKED = ("/compress", "/estimate", "/inspect", "/refine", "/orbit", "/export")
+TOLERATED = {(api, 2) for api in RANKED}  # rank None: full rank
 
 
 def _cases():
