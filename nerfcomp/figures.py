@@ -158,7 +158,9 @@ def pareto_front(points: Sequence[Mapping]) -> list[Mapping]:
 def _setting(p: Mapping) -> str:
     rank = "full" if p.get("rank") in (None, 0) else p["rank"]
     admm = f", ADMM {p['admm_steps']}" if p.get("admm_steps") else ""
-    return f"{p['bits']} bit, rank {rank}, prune {p.get('prune', 0):.2f}{admm}"
+    per_layer = ", ".join(f"{n} {lc['bits']} bit" for n, lc in (p.get("layers") or {}).items())
+    per_layer = f"<br>per layer: {per_layer}" if per_layer else ""
+    return f"{p['bits']} bit, rank {rank}, prune {p.get('prune', 0):.2f}{admm}{per_layer}"
 
 
 def rate_distortion(

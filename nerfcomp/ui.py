@@ -435,7 +435,11 @@ def _sweep_pick(scene: str, floor: float, label: str) -> tuple:
             f"no sweep table for {scene} yet, so no '{label}' preset; compute it with: "
             f"python -m nerfcomp sweep --scene {scene}"
         )
-    ok = [p for p in table["points"] if p["psnr"] >= floor * table["psnr_original"]]
+    ok = [
+        p
+        for p in table["points"]
+        if p["psnr"] >= floor * table["psnr_original"] and not p.get("layers")  # sliders: uniform
+    ]
     if not ok:
         raise ValueError(f"no point of the {scene} sweep keeps {100 * floor:.0f}% of the PSNR")
     p = min(ok, key=lambda p: (p["bytes"], -p["psnr"]))
@@ -806,13 +810,14 @@ def sweep_csv(scene):
             f"no sweep table for {scene} yet; compute it with: python -m nerfcomp sweep "
             f"--scene {scene}"
         )
-    cols = ["bits", "rank", "prune", "admm_steps", "psnr", "ssim", "bytes", "ratio"]
+    cols = ["bits", "rank", "prune", "admm_steps", "layers", "psnr", "ssim", "bytes", "ratio"]
     path = _output_path(f"{scene}-rate-distortion.csv")
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for p in sorted(table["points"], key=lambda p: p["bytes"]):
-            w.writerow(p)
+            layers = ";".join(f"{n}=bits:{lc['bits']}" for n, lc in (p.get("layers") or {}).items())
+            w.writerow({**p, "layers": layers})
     return path
 
 
