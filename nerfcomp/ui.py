@@ -294,9 +294,9 @@ def compress(
     timing["server_cpu"] = round((time.process_time() - cpu0) * 1e3, 1)  # all threads
     readout["timing_ms"] = timing
     log.info("compress %s %s: %s", scene, cfg.to_dict(), timing)
-    images = (figures.to_uint8(orig.image), figures.to_uint8(now.image))
+    images = (png(figures.to_uint8(orig.image)), png(figures.to_uint8(now.image)))
     size_line = f"**{comp.bytes / 1e3:,.1f} KB** file, {readout['ratio']:.1f}× smaller"
-    return images, error_img, readout_cards(readout), readout, size_line, fig_bytes, fig_rd
+    return images, png(error_img), readout_cards(readout), readout, size_line, fig_bytes, fig_rd
 
 
 def _readout(scene: str, cfg, refined: bool, nbytes: int, orig, now, gt) -> dict:
@@ -688,25 +688,73 @@ def cancel_refine(request: gr.Request = None) -> str:
 _outputs: list[str] = []  # files handed to Gradio (it copies them to its cache); the last few kept
 _KEEP_FILES = 8
 _tmpdir: str | None = None
+_png_lock = threading.RLock()  # guards the temp folder, the output list and the counter
 
 
-def _output_path(name: str) -> str:
-    """A path in this process's temp folder; older outputs are deleted, the folder at exit."""
+def _tmp_dir() -> str:
+    """This process's temp folder for outputs, removed at exit."""
     import atexit
     import shutil
     import tempfile
 
     global _tmpdir
-    if _tmpdir is None:
-        _tmpdir = tempfile.mkdtemp(prefix="nerfcomp-app-")
-        atexit.register(shutil.rmtree, _tmpdir, True)
-    while len(_outputs) >= _KEEP_FILES:
-        old = _outputs.pop(0)
-        if os.path.exists(old):
-            os.remove(old)
-    path = os.path.join(_tmpdir, f"{len(_outputs)}-{time.time_ns()}-{name}")
-    _outputs.append(path)
+    with _png_lock:
+        if _tmpdir is None:
+            _tmpdir = tempfile.mkdtemp(prefix="nerfcomp-app-")
+            atexit.register(shutil.rmtree, _tmpdir, True)
+    return _tmpdir
+
+
+def _output_path(name: str) -> str:
+    """A path in this process's temp folder; older outputs are deleted."""
+    with _png_lock:
+        while len(_outputs) >= _KEEP_FILES:
+            old = _outputs.pop(0)
+            if os.path.exists(old):
+                os.remove(old)
+        path = os.path.join(_tmp_dir(), f"{len(_outputs)}-{time.time_ns()}-{name}")
+        _outputs.append(path)
     return path
+
+
+_PNG_MAX_AGE_S = 600  # Gradio copies each returned file into its own cache at once
+_png_written = 0
+
+
+def png(image) -> str:
+    """``image`` (H, W, 3) uint8 as a PNG file, named by its content and written atomically.
+
+    Returning files rather than arrays matters under load: Gradio rewrites an array's cache
+    file in place every time the same image is returned again, so a client still downloading
+    it from an earlier call gets a truncated response; a returned file is copied into
+    Gradio's cache atomically instead. Files older than ``_PNG_MAX_AGE_S`` are removed."""
+    import hashlib
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    from nerfcomp.fileio import atomic_write_bytes
+
+    global _png_written
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="png")
+    data = buf.getvalue()
+    path = Path(_tmp_dir()) / "png" / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    if not path.exists():
+        atomic_write_bytes(path, data)
+    with _png_lock:
+        _png_written += 1
+        sweep = _png_written % 64 == 0
+    if sweep:
+        cutoff = time.time() - _PNG_MAX_AGE_S
+        for old in path.parent.glob("*.png"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:
+                pass  # another thread removed it
+    return str(path)
 
 
 def _file_name(scene: str, cfg: CompressionConfig, ext: str) -> str:
@@ -883,4 +931,4 @@ def open_nrc(file, azimuth=30.0, elevation=30.0, size=100):
         result["bytes_original"] = eng.base(scene).bytes_original
         result["ratio"] = round(result["bytes_original"] / nbytes, 3)
         result["psnr_original"] = eng.score(scene, None)["psnr"]
-    return (figures.to_uint8(gt), figures.to_uint8(now.image)), result
+    return (png(figures.to_uint8(gt)), png(figures.to_uint8(now.image))), result

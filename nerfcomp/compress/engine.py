@@ -155,7 +155,7 @@ class Engine:
     def __init__(
         self,
         device: str | torch.device | None = None,
-        cache_bytes: int = 768 << 20,
+        cache_bytes: int = 512 << 20,
         settings: RenderSettings = RenderSettings(),
         max_uploads: int = 4,
     ) -> None:
