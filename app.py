@@ -229,14 +229,15 @@ def build_demo() -> gr.Blocks:
             **engine,
         )
         demo.load(ui.scene_layers, scene, layer, api_visibility="private")
-        refresh(scene.input(ui.scene_layers, scene, layer, api_name="scene"))
-        refresh(view.input(ui.view_angles, view, [azimuth, elevation], api_name="view"))
+        raw = {"preprocess": False}  # the handlers validate what they get, with short messages
+        refresh(scene.input(ui.scene_layers, scene, layer, api_name="scene", **raw))
+        refresh(view.input(ui.view_angles, view, [azimuth, elevation], api_name="view", **raw))
         for btn, fn, name in [
             (p_report, ui.preset_report, "preset_report"),
             (p_best, ui.preset_best, "preset_best"),
             (p_small, ui.preset_smallest, "preset_smallest"),
         ]:
-            refresh(btn.click(fn, scene, [*controls, preset_status], api_name=name))
+            refresh(btn.click(fn, scene, [*controls, preset_status], api_name=name, **raw))
         run = refine_btn.click(
             ui.refine,
             [*setting, steps, keep_ends, fmt],
@@ -262,7 +263,7 @@ def build_demo() -> gr.Blocks:
             api_name="export",
             **long,
         )
-        csv_btn.click(ui.sweep_csv, scene, csv_file, api_name="sweep_csv")
+        csv_btn.click(ui.sweep_csv, scene, csv_file, api_name="sweep_csv", **raw)
         refresh(
             ckpt_file.upload(
                 ui.upload_checkpoint,

@@ -97,26 +97,36 @@ def available_scenes() -> list[str]:
     return [name for name, s in scenes.SCENES.items() if s.checkpoint.exists()]
 
 
+def _shown(x, limit: int = 60) -> str:
+    """``repr(x)`` for an error message, cut short (the API can send megabytes)."""
+    text = repr(x)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _number(name: str, x, lo: float, hi: float, integer: bool = False) -> float:
     if isinstance(x, bool) or not isinstance(x, Real) or not math.isfinite(float(x)):
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {x!r}")
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {_shown(x)}")
     if not lo <= float(x) <= hi:
-        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {x!r}")
+        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {_shown(x)}")
     if integer and float(x) != int(x):
-        raise ValueError(f"{name} must be a whole number, got {x!r}")
+        raise ValueError(f"{name} must be a whole number, got {_shown(x)}")
     return int(x) if integer else float(x)
 
 
 def _choice(name: str, x, choices) -> str:
-    if x not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {x!r}")
+    try:
+        known = x in choices
+    except TypeError:  # unhashable: a list or dict sent through the API
+        known = False
+    if not known:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {_shown(x)}")
     return x
 
 
 def _bits(x) -> int:
     ok = isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(float(x))
     if not ok or float(x) != int(x) or int(x) not in ALLOWED_BITS:
-        raise ValueError(f"bits must be a whole number 1..8, or 16 (fp16) or 32; got {x!r}")
+        raise ValueError(f"bits must be a whole number 1..8, or 16 (fp16) or 32; got {_shown(x)}")
     return int(x)
 
 
@@ -127,13 +137,12 @@ def check_scene(scene) -> str:
         if engine().has_base(scene):
             return scene
         raise ValueError(
-            f"the uploaded checkpoint {scene!r} is no longer loaded (only the last "
+            f"the uploaded checkpoint {_shown(scene)} is no longer loaded (only the last "
             f"{engine().max_uploads} uploads are kept); upload it again"
         )
     if scene not in have:
         known = ", ".join(have) or "none (train one: python -m nerfcomp train --scene NAME)"
-        shown = scene if not isinstance(scene, str) or len(scene) <= 60 else scene[:60] + "…"
-        raise ValueError(f"scene must be a scene with a checkpoint ({known}); got {shown!r}")
+        raise ValueError(f"scene must be a scene with a checkpoint ({known}); got {_shown(scene)}")
     return scene
 
 
@@ -741,7 +750,9 @@ def png(image) -> str:
     Image.fromarray(image).save(buf, format="png")
     data = buf.getvalue()
     path = Path(_tmp_dir()) / "png" / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    if not path.exists():
+    try:
+        os.utime(path)  # in use again: not swept below
+    except OSError:
         atomic_write_bytes(path, data)
     with _png_lock:
         _png_written += 1
