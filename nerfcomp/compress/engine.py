@@ -129,7 +129,7 @@ class Base:
     scene: str  # the scene whose ground truth scores it
     model: NeRF
     bytes_original: int  # size of its float32 checkpoint file
-    sha256: str = ""  # of its weights (tensor bytes in layer order)
+    sha256: str = ""  # tensor_digest of its weights: names a sweep table's model
     svds: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
 
