@@ -194,7 +194,10 @@ def refine(
     ``cancel`` is set. ``rays`` (origins, dirs, rgb) default to the scene's training views."""
     steps = cfg.admm_steps
     device = module_device(base)
-    rays = rays if rays is not None else scenes.views(scene, "train").rays()
+    if rays is None:
+        if progress is not None:
+            progress(0.0, "ground truth of the training views (rendered once, then cached)")
+        rays = scenes.views(scene, "train").rays()
     rays = tuple(x.to(device) for x in rays)
     g = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(base).train()
