@@ -2,8 +2,9 @@
 
     python app.py            # serves on GRADIO_SERVER_PORT (default 7860)
 
-Components and event wiring only; the logic lives in ``nerfcomp/ui.py`` (importable and
-testable without a browser). Models load on the first request, never at import.
+Components and event wiring only; the logic lives in ``nerfcomp/ui.py`` and
+``nerfcomp/ui_files.py`` (importable and testable without a browser). Models load on the
+first request, never at import.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from nerfcomp import ui  # noqa: E402
+from nerfcomp import ui, ui_files  # noqa: E402
 
 HOW_IT_WORKS = Path(__file__).with_name("docs") / "how-it-works.md"
 CSS = """
@@ -250,23 +251,23 @@ def build_demo() -> gr.Blocks:
             ui.cancel_refine, None, refine_status, api_name="cancel", cancels=[run], queue=False
         )
         orbit_btn.click(
-            ui.orbit,
+            ui_files.orbit,
             [*setting, frames, size, keep_ends, fmt, steps],
             video,
             api_name="orbit",
             **long,
         )
         export_btn.click(
-            ui.export,
+            ui_files.export,
             [*setting, keep_ends, fmt, steps, eval_size],
             [nrc_file, export_json],
             api_name="export",
             **long,
         )
-        csv_btn.click(ui.sweep_csv, scene, csv_file, api_name="sweep_csv", **raw)
+        csv_btn.click(ui_files.sweep_csv, scene, csv_file, api_name="sweep_csv", **raw)
         refresh(
             ckpt_file.upload(
-                ui.upload_checkpoint,
+                ui_files.upload_checkpoint,
                 [ckpt_file, gt_scene],
                 [scene, upload_status],
                 api_name="upload_checkpoint",
@@ -274,7 +275,7 @@ def build_demo() -> gr.Blocks:
             ).success(ui.scene_layers, scene, layer, api_visibility="private")
         )
         nrc_in.upload(
-            ui.open_nrc,
+            ui_files.open_nrc,
             [nrc_in, azimuth, elevation, size],
             [nrc_pair, nrc_json],
             api_name="open_nrc",
