@@ -39,6 +39,7 @@ from nerfcomp.compress.layers import (
 )
 from nerfcomp.compress.lowrank import factors_are_smaller, svd_from_weight
 from nerfcomp.evaluate import Rendered, evaluate_model, grid_for, render_view
+from nerfcomp.metrics import mse_to_psnr
 from nerfcomp.model import NeRF, load_checkpoint
 from nerfcomp.render import OccupancyGrid, RenderSettings, render_rays
 
@@ -327,61 +328,53 @@ class Engine:
             return (name, None)
         return (name, self.compress(name, cfg).digest)
 
+    def _memo(self, cache: ByteLRU, key: tuple, counter: str, compute: Callable[[], object]):
+        """``cache[key]``, computed (and counted under ``counter``) on a miss."""
+        hit = cache.get(key)
+        if hit is None:
+            hit = compute()
+            self.counters[counter] += 1
+            cache.put(key, hit)
+        return hit
+
     def grid(self, name: str, cfg: CompressionConfig | None) -> OccupancyGrid:
         """The occupancy grid of that model, from its own density."""
         key = self._same(name, cfg)
-        grid = self._grids.get(key)
-        if grid is None:
-            grid = grid_for(self._model(name, cfg))
-            self.counters["grid"] += 1
-            self._grids.put(key, grid)
-        return grid
+        return self._memo(self._grids, key, "grid", lambda: grid_for(self._model(name, cfg)))
 
     def render(self, name: str, cfg: CompressionConfig | None, camera: scenes.Camera) -> Rendered:
         """A view of the original (cfg None) or compressed model; cached per camera."""
         key = (*self._same(name, cfg), camera.c2w.numpy().tobytes(), camera.height, camera.width)
-        hit = self._renders.get(key)
-        if hit is None:
-            hit = render_view(self._model(name, cfg), camera, self.grid(name, cfg), self.settings)
-            self.counters["render"] += 1
-            self._renders.put(key, hit)
-        return hit
+
+        def compute() -> Rendered:
+            model, grid = self._model(name, cfg), self.grid(name, cfg)
+            return render_view(model, camera, grid, self.settings)
+
+        return self._memo(self._renders, key, "render", compute)
 
     def score(self, name: str, cfg: CompressionConfig | None, size: int = 100) -> dict:
         """PSNR/SSIM over every held-out test view (exact)."""
         key = (*self._same(name, cfg), "exact", size)
-        hit = self._scores.get(key)
-        if hit is None:
-            scene = self._scene_of(name)
-            hit = evaluate_model(
-                self._model(name, cfg), scene, size, self.settings, self.grid(name, cfg)
-            )
-            self.counters["score"] += 1
-            self._scores.put(key, hit)
-        return hit
+
+        def compute() -> dict:
+            model, grid = self._model(name, cfg), self.grid(name, cfg)
+            return evaluate_model(model, self._scene_of(name), size, self.settings, grid)
+
+        return self._memo(self._scores, key, "score", compute)
 
     def score_fast(self, name: str, cfg: CompressionConfig | None, n_rays: int = 4096) -> float:
         """PSNR on a fixed subset of ``n_rays`` held-out test rays (same rays every call)."""
         key = (*self._same(name, cfg), "fast", n_rays)
-        hit = self._scores.get(key)
-        if hit is None:
-            origins, dirs, target = _test_ray_subset(self._scene_of(name), n_rays)
-            dev = self.device
-            with torch.no_grad():
-                color, _ = render_rays(
-                    self._model(name, cfg),
-                    origins.to(dev),
-                    dirs.to(dev),
-                    self.settings,
-                    self.grid(name, cfg),
-                )
-            mse = torch.mean((color.cpu().clamp(0, 1).double() - target.double()) ** 2).item()
-            from nerfcomp.metrics import mse_to_psnr
 
-            hit = round(mse_to_psnr(mse), 3)
-            self.counters["score_fast"] += 1
-            self._scores.put(key, hit)
-        return hit
+        def compute() -> float:
+            origins, dirs, target = _test_ray_subset(self._scene_of(name), n_rays)
+            model, grid, dev = self._model(name, cfg), self.grid(name, cfg), self.device
+            with torch.no_grad():
+                color, _ = render_rays(model, origins.to(dev), dirs.to(dev), self.settings, grid)
+            mse = torch.mean((color.cpu().clamp(0, 1).double() - target.double()) ** 2).item()
+            return round(mse_to_psnr(mse), 3)
+
+        return self._memo(self._scores, key, "score_fast", compute)
 
     def readout(self, name: str, cfg: CompressionConfig) -> dict:
         """The CLI contract's fields (DESIGN.md): exact scores of the original and the
