@@ -2,14 +2,25 @@
 
 Gradio copies each returned file into its own cache while answering the call, so these live
 only briefly: the last few outputs are kept, PNGs unused for ``_PNG_MAX_AGE_S`` are swept, and
-the folder goes at exit. Everything here is written atomically (``nerfcomp.fileio``).
+the folder goes at exit. PNGs are written atomically (``nerfcomp.fileio``): two calls may
+return the same one.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import io
 import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
+
+from PIL import Image
+
+from nerfcomp.fileio import atomic_write_bytes
 
 __all__ = ["output_path", "png", "tmp_dir"]
 
@@ -21,10 +32,6 @@ _lock = threading.RLock()  # guards the temp folder, the output list and the cou
 
 def tmp_dir() -> str:
     """This process's temp folder for outputs, removed at exit."""
-    import atexit
-    import shutil
-    import tempfile
-
     global _tmpdir
     with _lock:
         if _tmpdir is None:
@@ -56,14 +63,6 @@ def png(image) -> str:
     file in place every time the same image is returned again, so a client still downloading
     it from an earlier call gets a truncated response; a returned file is copied into
     Gradio's cache atomically instead. Files older than ``_PNG_MAX_AGE_S`` are removed."""
-    import hashlib
-    import io
-    from pathlib import Path
-
-    from PIL import Image
-
-    from nerfcomp.fileio import atomic_write_bytes
-
     global _png_written
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="png")
