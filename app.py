@@ -2,9 +2,9 @@
 
     python app.py            # serves on GRADIO_SERVER_PORT (default 7860)
 
-Components and event wiring only; the logic lives in ``nerfcomp/ui.py`` and
-``nerfcomp/ui_files.py`` (importable and testable without a browser). Models load on the
-first request, never at import.
+Components and event wiring only; the logic lives in ``nerfcomp/ui.py``,
+``nerfcomp/ui_files.py`` and ``nerfcomp/ui_auto.py`` (importable and testable without a
+browser). Models load on the first request, never at import.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from nerfcomp import ui, ui_files  # noqa: E402
+from nerfcomp import ui, ui_auto, ui_files  # noqa: E402
 
 HOW_IT_WORKS = Path(__file__).with_name("docs") / "how-it-works.md"
 CSS = """
@@ -115,6 +115,40 @@ def build_demo() -> gr.Blocks:
                 layer = gr.Dropdown([ui.DEFAULT_LAYER], value=ui.DEFAULT_LAYER, label="Layer")
                 spectrum_plot = gr.Plot(label="Singular values")
         hist_plot = gr.Plot(label="Weights and codebook")
+        with gr.Accordion("Auto: per-layer settings for a target", open=True):
+            gr.Markdown(
+                "Not every layer is equally sensitive. nerfcomp measures what each layer's "
+                "bits, rank and pruning cost in PSNR and in bytes, picks per layer the smallest "
+                "file that keeps your target, and checks it on every held-out view. Edit the "
+                "table and press *Apply* to try your own allocation."
+            )
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    goal = gr.Radio(list(ui_auto.GOALS), value=ui_auto.GOALS[0], label="Target")
+                    target_pct = gr.Slider(
+                        90, 99.9, value=99, step=0.1, label="Keep PSNR ≥ (% of the original's)"
+                    )
+                    target_kb = gr.Number(60, minimum=1, label="File size ≤ (KB)")
+                    auto_steps = gr.Number(
+                        0, precision=0, minimum=0, label="ADMM steps after (0: instant, ~10 s)"
+                    )
+                    auto_btn = gr.Button("Find allocation", variant="primary")
+                    auto_status = gr.Markdown()
+                    alloc = gr.Dataframe(
+                        headers=ui_auto.TABLE_HEADERS,
+                        column_count=len(ui_auto.TABLE_HEADERS),
+                        datatype=["str", "number", "str", "number", "number", "str"],
+                        type="array",
+                        interactive=True,
+                        label="Allocation (edit bits, rank, prune)",
+                    )
+                    apply_btn = gr.Button("Apply edited table")
+                with gr.Column(scale=2):
+                    auto_pair = gr.ImageSlider(format="png", label="original ◀ ▶ auto allocation")
+                    with gr.Row():
+                        auto_rd = gr.Plot(label="Rate–distortion")
+                        auto_bytes = gr.Plot(label="Bytes per layer")
+                    auto_json = gr.JSON(label="Allocation (exact)", max_height=260)
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Refine with ADMM")
@@ -263,6 +297,18 @@ def build_demo() -> gr.Blocks:
             [nrc_file, export_json],
             api_name="export",
             **long,
+        )
+        auto_out = [auto_status, alloc, auto_pair, auto_rd, auto_bytes, auto_json]
+        camera = [azimuth, elevation, size]
+        auto_btn.click(
+            ui_auto.auto_find,
+            [scene, goal, target_pct, target_kb, auto_steps, *camera],
+            auto_out,
+            api_name="auto",
+            **long,
+        )
+        apply_btn.click(
+            ui_auto.auto_apply, [scene, alloc, *camera], auto_out, api_name="auto_apply", **long
         )
         csv_btn.click(ui_files.sweep_csv, scene, csv_file, api_name="sweep_csv", **raw)
         refresh(

@@ -1,4 +1,4 @@
-"""Command line: python -m nerfcomp {scenes,train,eval,compress,decode,sweep}.
+"""Command line: python -m nerfcomp {scenes,train,eval,compress,decode,sweep,auto}.
 
 With --json each command prints exactly one JSON object on stdout; logs go to stderr.
 A bad argument or file gives a one-line error naming the problem and exit status 2.
@@ -81,7 +81,39 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--admm-steps", type=int, default=300)
     w.add_argument("--device", default="auto")
     w.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("auto", help="per-layer settings for a target, found and verified")
+    a.add_argument("--scene", required=True, help="a shipped scene (see `scenes`)")
+    goal = a.add_mutually_exclusive_group(required=True)
+    goal.add_argument(
+        "--target-psnr-drop",
+        type=_percent,
+        metavar="P",
+        help="keep PSNR >= (100 - P)%% of the original's (e.g. 1 or 1%%)",
+    )
+    goal.add_argument("--target-bytes", type=int, metavar="N", help="a file of at most N bytes")
+    a.add_argument("--admm-steps", type=int, default=0, help="ADMM refinement of the allocation")
+    a.add_argument(
+        "--admm-rounds",
+        type=int,
+        default=3,
+        help="with --admm-steps and a PSNR target: refined allocations tried (default 3)",
+    )
+    a.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    a.add_argument("--checkpoint", default=None, help="a NeRF checkpoint instead of the scene's")
+    a.add_argument("--out", default=None, help="write the chosen file here")
+    a.add_argument("--json", action="store_true")
     return p
+
+
+def _percent(text: str) -> float:
+    """``1`` or ``1%`` → 1.0."""
+    try:
+        return float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a percent such as 1 or 1%, got {text!r}"
+        ) from None
 
 
 def parse_layer(spec: str) -> tuple[str, dict]:
@@ -210,6 +242,31 @@ def cmd_sweep(args) -> dict:
     return run_sweep(args.scene, args.out, args.admm_points, args.admm_steps, args.device)
 
 
+def cmd_auto(args) -> dict:
+    from nerfcomp.compress.engine import Engine
+    from nerfcomp.fileio import atomic_write_bytes
+
+    engine = Engine(args.device)
+    name = _base_name(engine, args)
+
+    def progress(fraction: float, message: str) -> None:
+        log.info("%3.0f%%  %s", 100 * fraction, message)
+
+    found = engine.auto(
+        name,
+        target_psnr_drop=args.target_psnr_drop,
+        target_bytes=args.target_bytes,
+        admm_steps=args.admm_steps,
+        admm_rounds=args.admm_rounds,
+        progress=progress,
+    )
+    out = {**engine.readout(name, found.config), **found.to_dict()}
+    if args.out:
+        atomic_write_bytes(args.out, engine.compress(name, found.config).payload)
+        out.update(file=args.out, bytes=os.path.getsize(args.out))
+    return out
+
+
 COMMANDS = {
     "scenes": cmd_scenes,
     "train": cmd_train,
@@ -217,6 +274,7 @@ COMMANDS = {
     "compress": cmd_compress,
     "decode": cmd_decode,
     "sweep": cmd_sweep,
+    "auto": cmd_auto,
 }
 
 

@@ -168,9 +168,11 @@ def rate_distortion(
     sweep: Mapping | None,
     current: Mapping,
     original: Mapping,
+    label: str = "current setting",
 ) -> go.Figure:
     """PSNR vs bytes: the sweep's points and Pareto frontier, the float32 original and the
-    current setting. ``uirevision`` is the scene, so the user's zoom survives updates.
+    current setting (named ``label`` in the legend). ``uirevision`` is the scene, so the
+    user's zoom survives updates.
 
     sweep: the sweep table ({"points": [...]}) or None; current: {"bytes", "psnr", "bits",
     "rank", "prune"}; original: {"bytes", "psnr"}."""
@@ -216,7 +218,7 @@ def rate_distortion(
         x=[current["bytes"]],
         y=[current["psnr"]],
         mode="markers",
-        name="current setting",
+        name=label,
         marker=dict(symbol="star", size=20, color=CURRENT, line=dict(width=1, color="white")),
         text=[_setting(current)],
         hovertemplate="%{text}<br>%{x:,} B, %{y:.2f} dB (held-out rays)<extra></extra>",

@@ -36,6 +36,8 @@ API_NAMES = {
     "/sweep_csv",
     "/upload_checkpoint",
     "/open_nrc",
+    "/auto",
+    "/auto_apply",
 }
 CONTRACT = {"psnr", "psnr_original", "psnr_test", "ssim", "bytes", "bytes_original", "ratio"}
 SWEEP = {  # a hand-made table: original 30 dB
@@ -98,6 +100,35 @@ def test_export_is_the_file_and_decodes_to_the_same_psnr(client):
     score = evaluate_model(load(path).eval(), SCENE, size=32)
     assert score["psnr"] == result["psnr"] and score["ssim"] == result["ssim"]
     assert result["psnr"] < result["psnr_original"] and result["test_views"] == 8
+
+
+def test_auto_finds_an_allocation_and_applies_an_edited_table(client):
+    from nerfcomp.ui_auto import GOALS
+
+    status, table, pair, _, _, readout = client.predict(
+        SCENE, GOALS[0], 99.0, 60, 0, 30, 30, SIZE, api_name="/auto"
+    )
+    assert status.startswith("target met"), status
+    assert readout["psnr"] >= 0.99 * readout["psnr_original"]
+    assert readout["psnr_kind"] == "exact: all held-out views"
+    rows = table["data"]
+    layers = [r[0] for r in rows]
+    assert layers[0] == "trunk.0" and len(layers) == 12
+    bits = {r[0]: r[1] for r in rows}
+    assert max(bits.values()) > min(bits.values())  # an allocation, not one setting for all
+    kb = sum(r[4] for r in rows)
+    assert abs(kb * 1e3 - readout["bytes"]) < 1000  # the rows add up to the file (+ header)
+    assert all(os.path.exists(p) for p in pair)
+    for r in rows:  # the user's edit: every layer 8-bit, dense, unpruned
+        r[1], r[2], r[3] = 8, "full", 0
+    *_, edited = client.predict(
+        SCENE, {"headers": table["headers"], "data": rows}, 30, 30, SIZE, api_name="/auto_apply"
+    )
+    assert edited["config"]["bits"] == 8 and not edited["config"]["layers"]
+    assert edited["bytes"] == compress(client, 8)[3]["bytes"]
+    with pytest.raises(Exception, match="bits must be one of"):
+        rows[0][1] = 9
+        client.predict(SCENE, {"headers": table["headers"], "data": rows}, api_name="/auto_apply")
 
 
 def test_estimate_is_close_to_the_file(client):

@@ -35,6 +35,14 @@ VALID = {
     "/sweep_csv": (SCENE,),
     "/upload_checkpoint": (FILE, SCENE),
     "/open_nrc": (FILE, 30, 30, 64),
+    "/auto": (SCENE, "% of original PSNR", 99.0, 60, 0, 30, 30, 64),
+    "/auto_apply": (
+        SCENE,
+        {"headers": ["layer"], "data": [["trunk.0", 8, "full", 0.0]]},
+        30,
+        30,
+        64,
+    ),
 }
 # values that are valid for some parameter: fuzzing must not expect an error for them
 RANKED = ("/compress", "/estimate", "/inspect", "/refine", "/orbit", "/export")

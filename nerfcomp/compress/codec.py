@@ -43,6 +43,7 @@ __all__ = [
     "encode",
     "entropy_bound",
     "load",
+    "layer_nbytes",
     "read_header",
     "register_architecture",
     "save",
@@ -133,6 +134,14 @@ def size_breakdown(module: nn.Module) -> dict[str, dict[str, int]]:
     CRC) and the non-Linear parameters of opt-in modules.
     """
     return _encode(module).breakdown
+
+
+def layer_nbytes(module: CompressedLinear) -> int:
+    """Bytes one compressed layer's tensors and bias take in the file (its few bytes of
+    header record aside): what a per-layer setting costs."""
+    chunks: list[tuple[str, str, bytes]] = []
+    _encode_layer("", module, chunks, [])
+    return sum(len(c) for _, _, c in chunks)
 
 
 def entropy_bound(module: nn.Module) -> float:

@@ -15,6 +15,7 @@ check incrementality with it, not with timings).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -27,8 +28,15 @@ import torch
 from torch import Tensor, nn
 
 from nerfcomp import scenes
+from nerfcomp.compress.allocate import (
+    Probe,
+    SensitivityTable,
+    candidate_settings,
+    sensitivity_table,
+)
+from nerfcomp.compress.auto import AutoResult, auto_allocate
 from nerfcomp.compress.codec import encode_with_breakdown
-from nerfcomp.compress.config import CompressionConfig
+from nerfcomp.compress.config import CompressionConfig, ResolvedLayer
 from nerfcomp.compress.layers import (
     CompressedLinear,
     StoredTensor,
@@ -175,6 +183,8 @@ class Engine:
         self._grids = ByteLRU(cache_bytes // 8)  # (base, cfg|None) → OccupancyGrid
         self._renders = ByteLRU(cache_bytes // 4)  # (base, cfg|None, camera key) → Rendered
         self._scores = ByteLRU(1 << 20)  # (base, cfg|None, kind) → metrics dict
+        self._tables = ByteLRU(8 << 20)  # (base, sha, n_rays) → SensitivityTable
+        self._tables_lock = threading.Lock()  # one sensitivity pass at a time
 
     # --- base models ---------------------------------------------------------------------
 
@@ -237,10 +247,19 @@ class Engine:
     def _layer_parts(
         self, base: Base, cfg: CompressionConfig
     ) -> dict[str, dict[str, StoredTensor]]:
-        """Stored tensors of every layer, from the caches; one batched k-means for the rest."""
-        plan, missing = {}, []
-        for layer in linear_names(base.model):
-            lc = cfg.for_layer(layer)
+        """Stored tensors of every layer under ``cfg``, from the caches (see _stored_parts)."""
+        names = linear_names(base.model)
+        parts = self._stored_parts(base, [(layer, cfg.for_layer(layer)) for layer in names])
+        return dict(zip(names, parts, strict=True))
+
+    def _stored_parts(
+        self, base: Base, wanted: list[tuple[str, ResolvedLayer]]
+    ) -> list[dict[str, StoredTensor]]:
+        """Stored tensors of each (layer, setting), from the caches; one batched k-means for
+        all that are missing."""
+        plan: list[dict[str, StoredTensor]] = []
+        missing = []
+        for layer, lc in wanted:
             rank = self._effective_rank(base, layer, lc.rank)
             key1 = (base.name, layer, rank, lc.prune)
             items = self._stage1.get(key1)
@@ -249,20 +268,21 @@ class Engine:
                 items = tensors_to_store(weight, rank, lc.prune, base.svds[layer])
                 self._stage1.put(key1, items)
                 self.counters["stage1"] += 1
-            plan[layer] = {}
+            parts: dict[str, StoredTensor] = {}
             for part, item in items.items():
                 key2 = (base.name, layer, part, rank, lc.prune, lc.bits)
                 stored = self._parts.get(key2)
-                plan[layer][part] = stored
+                parts[part] = stored
                 if stored is None:
-                    missing.append((layer, part, key2, item, lc.bits))
+                    missing.append((parts, part, key2, item, lc.bits))
+            plan.append(parts)
         if missing:
             quantized = quantize_stored([m[3] for m in missing], [m[4] for m in missing])
             self.counters["kmeans_tensors"] += sum(1 for m in missing if m[4] <= 8)
             self.counters["quantize_calls"] += 1
-            for (layer, part, key2, _, _), stored in zip(missing, quantized, strict=True):
+            for (parts, part, key2, _, _), stored in zip(missing, quantized, strict=True):
                 self._parts.put(key2, stored)
-                plan[layer][part] = stored
+                parts[part] = stored
         return plan
 
     def compress(
@@ -396,6 +416,51 @@ class Engine:
             "test_views": score["test_views"],
             "device": str(self.device),
         }
+
+    # --- per-layer allocation ------------------------------------------------------------
+
+    def sensitivity(
+        self,
+        name: str,
+        progress: Callable[[float, str], None] | None = None,
+        cancel: threading.Event | None = None,
+        n_rays: int = 2048,
+    ) -> SensitivityTable:
+        """Bytes and probe error of every layer's candidate settings (``allocate.py``),
+        measured once per base model on ``n_rays`` fixed held-out rays."""
+        base = self.base(name)
+        key = (base.name, base.sha256, n_rays)
+        with self._tables_lock:
+            hit = self._tables.get(key)
+            if hit is not None:
+                return hit
+            model = copy.deepcopy(base.model)  # the probe swaps its layers in and out
+            origins, dirs, target = _test_ray_subset(base.scene, n_rays)
+            dev = self.device
+            grid = self.grid(name, None)
+            probe = Probe(model, origins.to(dev), dirs.to(dev), target, grid, self.settings)
+            settings = {
+                layer: candidate_settings(tuple(model.get_submodule(layer).weight.shape))
+                for layer in linear_names(model)
+            }
+            table = sensitivity_table(
+                model, probe, settings, lambda w: self._stored_parts(base, w), progress, cancel
+            )
+            fp16 = ResolvedLayer(16, None, 0.0)
+            layers = sum(next(b for s, b, _ in rows if s == fp16) for rows in table.rows.values())
+            table.fixed_bytes = self.compress(name, CompressionConfig(bits=16)).bytes - layers
+            self.counters["sensitivity"] += 1
+            self._tables.put(key, table)
+            return table
+
+    def cached_sensitivity(self, name: str, n_rays: int = 2048) -> SensitivityTable | None:
+        """The sensitivity table if it has been measured (never measures it)."""
+        base = self.base(name)
+        return self._tables.get((base.name, base.sha256, n_rays))
+
+    def auto(self, name: str, **kwargs) -> AutoResult:
+        """Per-layer settings for a target, verified (``auto.auto_allocate``'s arguments)."""
+        return auto_allocate(self, name, **kwargs)
 
     def _scene_of(self, name: str) -> str:
         return self.base(name).scene
