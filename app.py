@@ -141,6 +141,7 @@ def build_demo() -> gr.Blocks:
                         type="array",
                         interactive=True,
                         label="Allocation (edit bits, rank, prune)",
+                        elem_id="nc-alloc",
                     )
                     apply_btn = gr.Button("Apply edited table")
                 with gr.Column(scale=2):
@@ -148,7 +149,9 @@ def build_demo() -> gr.Blocks:
                     with gr.Row():
                         auto_rd = gr.Plot(label="Rate–distortion")
                         auto_bytes = gr.Plot(label="Bytes per layer")
-                    auto_json = gr.JSON(label="Allocation (exact)", max_height=260)
+                    auto_json = gr.JSON(
+                        label="Allocation (exact)", max_height=260, elem_id="nc-auto"
+                    )
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Refine with ADMM")

@@ -101,3 +101,28 @@ def test_bits_slider_changes_readout_and_image(url):
         out.mkdir(exist_ok=True)
         page.screenshot(path=str(out / "browser.png"), full_page=True)
         browser.close()
+
+
+def test_auto_button_fills_the_allocation_table(url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("button", name="Find allocation").click()
+        page.wait_for_function(
+            "document.querySelector('#nc-auto')?.innerText.includes('psnr_percent')",
+            timeout=240_000,
+        )
+        table = page.locator("#nc-alloc").inner_text()
+        assert "trunk.0" in table and "rgb" in table
+        percent = float(
+            re.search(r"psnr_percent\W+([\d.]+)", page.locator("#nc-auto").inner_text()).group(1)
+        )
+        assert percent >= 99.0
+        page.locator("#nc-alloc").scroll_into_view_if_needed()
+        out = ROOT / "artifacts"
+        out.mkdir(exist_ok=True)
+        page.screenshot(path=str(out / "browser-auto.png"), full_page=False)
+        browser.close()

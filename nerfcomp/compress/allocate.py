@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,17 +227,28 @@ class Probe:
         target: Tensor,
         grid,
         settings: RenderSettings = RenderSettings(),
+        max_samples: int | None = None,
     ) -> None:
         """model: the original, (x, d) -> (rgb, sigma); origins, dirs: (n_rays, 3) on the
-        model's device; target: (n_rays, 3) ground-truth colours; grid: the original's."""
+        model's device; target: (n_rays, 3) ground-truth colours; grid: the original's.
+        max_samples: keep only a seeded random subset of the rays whose samples fit in it
+        (hazy scenes have several times more samples per ray: this bounds the cost)."""
         self.model, self.settings = model, settings
-        self.n_rays = origins.shape[0]
         with torch.no_grad():
             ray_idx, _, t = march_samples(origins, dirs, settings, grid)
             keep = visible_samples(model.density, origins, dirs, ray_idx, t, settings)
-        self.ray_idx = ray_idx[keep]
-        self.pts = origins[self.ray_idx] + t[keep, None] * dirs[self.ray_idx]  # (n, 3)
-        self.dirs = dirs[self.ray_idx]  # (n, 3)
+        ray_idx, t = ray_idx[keep], t[keep]
+        if max_samples is not None and ray_idx.numel() > max_samples:
+            rays = _rays_within(ray_idx, origins.shape[0], max_samples)  # (m,) ascending
+            kept = torch.zeros(origins.shape[0], dtype=torch.bool, device=origins.device)
+            kept[rays] = True
+            sel, renumber = kept[ray_idx], torch.cumsum(kept, 0) - 1
+            ray_idx, t = renumber[ray_idx[sel]], t[sel]
+            origins, dirs, target = origins[rays], dirs[rays], target[rays.to(target.device)]
+        self.n_rays = origins.shape[0]
+        self.ray_idx = ray_idx
+        self.pts = origins[ray_idx] + t[:, None] * dirs[ray_idx]  # (n, 3)
+        self.dirs = dirs[ray_idx]  # (n, 3)
         self.target = target.to(origins.device).double()  # (n_rays, 3)
         self.order: list[str] = []  # Linear layers in the order they run
         self.outputs: dict[str, Tensor] = {}  # their outputs in the original
@@ -298,6 +310,15 @@ class Probe:
         return float((err * err).mean())
 
 
+def _rays_within(ray_idx: Tensor, n_rays: int, max_samples: int) -> Tensor:
+    """Rays, in a seeded random order, while their samples add up to at most max_samples:
+    (m,) ascending indices. ray_idx: (n,) the ray of each sample."""
+    counts = torch.bincount(ray_idx, minlength=n_rays)  # (n_rays,)
+    order = torch.randperm(n_rays, generator=torch.Generator().manual_seed(0))
+    order = order.to(ray_idx.device)
+    return order[torch.cumsum(counts[order], 0) <= max_samples].sort().values
+
+
 class _Replay(nn.Module):
     """Returns a recorded output whatever its input (for layers upstream of a change)."""
 
@@ -352,16 +373,23 @@ def sensitivity_table(
     (the engine's cached k-means), called once per layer so progress moves.
     """
     table = SensitivityTable(probe.mse0)
-    for done, (layer, options) in enumerate(settings.items()):
-        if cancel is not None and cancel.is_set():
-            raise InterruptedError("cancelled")
-        if progress is not None:
-            progress(done / len(settings), f"sensitivity of {layer} ({len(options)} settings)")
-        linear = model.get_submodule(layer)
-        parts = stored([(layer, s) for s in options])
-        rows = []
-        for s, p in zip(options, parts, strict=True):
-            module = CompressedLinear.from_linear(linear, p, s.bits).to(probe.pts.device)
-            rows.append((s, layer_nbytes(module), probe.mse_with(layer, module)))
-        table.rows[layer] = rows
+    layers = list(settings.items())
+    wanted = lambda i: [(layers[i][0], s) for s in layers[i][1]]  # noqa: E731
+    # the next layer's k-means (single-threaded) runs while this layer is probed
+    with ThreadPoolExecutor(1, thread_name_prefix="kmeans-ahead") as pool:
+        ahead = pool.submit(stored, wanted(0)) if layers else None
+        for done, (layer, options) in enumerate(layers):
+            if cancel is not None and cancel.is_set():
+                raise InterruptedError("cancelled")
+            if progress is not None:
+                progress(done / len(layers), f"sensitivity of {layer} ({len(options)} settings)")
+            parts = ahead.result()
+            if done + 1 < len(layers):
+                ahead = pool.submit(stored, wanted(done + 1))
+            linear = model.get_submodule(layer)
+            rows = []
+            for s, p in zip(options, parts, strict=True):
+                module = CompressedLinear.from_linear(linear, p, s.bits).to(probe.pts.device)
+                rows.append((s, layer_nbytes(module), probe.mse_with(layer, module)))
+            table.rows[layer] = rows
     return table

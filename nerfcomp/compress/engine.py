@@ -183,7 +183,7 @@ class Engine:
         self._grids = ByteLRU(cache_bytes // 8)  # (base, cfg|None) → OccupancyGrid
         self._renders = ByteLRU(cache_bytes // 4)  # (base, cfg|None, camera key) → Rendered
         self._scores = ByteLRU(1 << 20)  # (base, cfg|None, kind) → metrics dict
-        self._tables = ByteLRU(8 << 20)  # (base, sha, n_rays) → SensitivityTable
+        self._tables = ByteLRU(8 << 20)  # (base, sha, rays, samples) → SensitivityTable
         self._tables_lock = threading.Lock()  # one sensitivity pass at a time
 
     # --- base models ---------------------------------------------------------------------
@@ -425,11 +425,13 @@ class Engine:
         progress: Callable[[float, str], None] | None = None,
         cancel: threading.Event | None = None,
         n_rays: int = 2048,
+        max_samples: int = 8192,
     ) -> SensitivityTable:
         """Bytes and probe error of every layer's candidate settings (``allocate.py``),
-        measured once per base model on ``n_rays`` fixed held-out rays."""
+        measured once per base model on up to ``n_rays`` fixed held-out rays (fewer where
+        their visible samples would pass ``max_samples``)."""
         base = self.base(name)
-        key = (base.name, base.sha256, n_rays)
+        key = (base.name, base.sha256, n_rays, max_samples)
         with self._tables_lock:
             hit = self._tables.get(key)
             if hit is not None:
@@ -438,7 +440,9 @@ class Engine:
             origins, dirs, target = _test_ray_subset(base.scene, n_rays)
             dev = self.device
             grid = self.grid(name, None)
-            probe = Probe(model, origins.to(dev), dirs.to(dev), target, grid, self.settings)
+            probe = Probe(
+                model, origins.to(dev), dirs.to(dev), target, grid, self.settings, max_samples
+            )
             settings = {
                 layer: candidate_settings(tuple(model.get_submodule(layer).weight.shape))
                 for layer in linear_names(model)
@@ -453,10 +457,12 @@ class Engine:
             self._tables.put(key, table)
             return table
 
-    def cached_sensitivity(self, name: str, n_rays: int = 2048) -> SensitivityTable | None:
+    def cached_sensitivity(
+        self, name: str, n_rays: int = 2048, max_samples: int = 8192
+    ) -> SensitivityTable | None:
         """The sensitivity table if it has been measured (never measures it)."""
         base = self.base(name)
-        return self._tables.get((base.name, base.sha256, n_rays))
+        return self._tables.get((base.name, base.sha256, n_rays, max_samples))
 
     def auto(self, name: str, **kwargs) -> AutoResult:
         """Per-layer settings for a target, verified (``auto.auto_allocate``'s arguments)."""
