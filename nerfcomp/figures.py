@@ -158,9 +158,16 @@ def pareto_front(points: Sequence[Mapping]) -> list[Mapping]:
 def _setting(p: Mapping) -> str:
     rank = "full" if p.get("rank") in (None, 0) else p["rank"]
     admm = f", ADMM {p['admm_steps']}" if p.get("admm_steps") else ""
-    per_layer = ", ".join(f"{n} {lc['bits']} bit" for n, lc in (p.get("layers") or {}).items())
+    per_layer = ", ".join(f"{n} {_layer(lc)}" for n, lc in (p.get("layers") or {}).items())
     per_layer = f"<br>per layer: {per_layer}" if per_layer else ""
     return f"{p['bits']} bit, rank {rank}, prune {p.get('prune', 0):.2f}{admm}{per_layer}"
+
+
+def _layer(lc: Mapping) -> str:
+    """A per-layer override, shortly: "5 bit", "5 bit r16", "4 bit p0.5"."""
+    text = f"{lc.get('bits')} bit" if lc.get("bits") is not None else "default bits"
+    text += f" r{lc['rank']}" if lc.get("rank") else ""
+    return text + (f" p{lc['prune']:g}" if lc.get("prune") else "")
 
 
 def rate_distortion(

@@ -82,14 +82,6 @@ class SensitivityTable:
         mse = self.mse0 + sum(self.rows[name][i][2] for name, i in choice.items())
         return size, mse
 
-    def to_list(self) -> list[dict]:
-        """JSON-able rows for the UI and the CLI."""
-        return [
-            {"layer": name, **s._asdict(), "bytes": b, "d_mse": round(d, 10)}
-            for name, rows in self.rows.items()
-            for s, b, d in rows
-        ]
-
 
 def allocate(
     table: SensitivityTable, max_mse: float | None = None, max_bytes: int | None = None
@@ -112,8 +104,8 @@ def allocate(
     units = [-(-s // q) for s in sizes]  # per layer and row: bytes in quanta, rounded up
     least, arg = _knapsack(units, errs)  # least[j]: the least added mse in exactly j quanta
     if max_mse is not None:
-        fits = np.nonzero(table.mse0 + least <= max_mse)[0]
-        j = int(fits[0]) if fits.size else int(np.argmin(least))
+        ok = np.nonzero(table.mse0 + least <= max_mse)[0]
+        j = int(ok[0]) if ok.size else int(np.argmin(least))
     else:
         top = (max_bytes - table.fixed_bytes) // q
         finite = np.nonzero(np.isfinite(least))[0]
