@@ -148,6 +148,19 @@ def test_leaves_the_thread_count_alone():
     assert torch.get_num_threads() == 2
 
 
+def test_overlapping_calls_restore_the_thread_count():
+    from nerfcomp.compress import kmeans
+
+    torch.set_num_threads(2)
+    first, second = kmeans._one_thread(), kmeans._one_thread()  # two sessions' k-means
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first ends while the second still runs
+    assert torch.get_num_threads() == 1
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == 2  # not the 1 the second call found on entry
+
+
 def test_rejects_bad_arguments():
     assert kmeans_1d([], 4) == []
     with pytest.raises(ValueError):

@@ -23,6 +23,7 @@ Laplacian, Student-t, pruned, bimodal, uniform and rounded samples of 1k-12k val
 k = 2..256 (benchmarks/kmeans.py, tests/test_kmeans.py).
 """
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -117,14 +118,27 @@ def _levels(k: int) -> tuple[tuple[float, float, int, int], ...]:
     return next(levels for k_min, levels in _LEVELS if k >= k_min)
 
 
+_threads_lock = threading.Lock()
+_threads_state = {"users": 0, "saved": 1}  # k-means calls running, thread count to restore
+
+
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """torch's (process-wide) thread count at 1 while any k-means runs; the first call in
+    saves the count and the last one out restores it, so concurrent calls (several sessions,
+    the allocator's look-ahead) never leave the process at one thread."""
+    with _threads_lock:
+        if _threads_state["users"] == 0:
+            _threads_state["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_state["users"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _threads_lock:
+            _threads_state["users"] -= 1
+            if _threads_state["users"] == 0:
+                torch.set_num_threads(_threads_state["saved"])
 
 
 def _padded_rows(
