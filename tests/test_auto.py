@@ -55,6 +55,7 @@ def test_auto_fits_a_byte_budget(tiny):
         ({"target_psnr_drop": 100.0}, "percent in"),
         ({"target_bytes": 0}, "positive"),
         ({"target_psnr_drop": 1.0, "admm_steps": -1}, "admm_steps"),
+        ({"target_psnr_drop": 1.0, "admm_rounds": 0}, "admm_rounds"),
     ],
 )
 def test_auto_rejects_bad_targets(tiny, kwargs, message):

@@ -117,6 +117,8 @@ def auto_allocate(
         raise ValueError(f"target_bytes must be a positive number of bytes, got {target_bytes}")
     if int(admm_steps) < 0:
         raise ValueError(f"admm_steps must be >= 0, got {admm_steps}")
+    if int(rounds) < 1 or int(admm_rounds) < 1:
+        raise ValueError(f"rounds and admm_rounds must be >= 1, got {rounds}, {admm_rounds}")
     start, report = time.perf_counter(), progress or (lambda f, m: None)
     stages = 1 + rounds + (admm_rounds + 1 if admm_steps else 0)  # for the progress bar
     search = _Search(engine, name, report, stages, cancel)
