@@ -132,7 +132,9 @@ def build_demo() -> gr.Blocks:
                     auto_steps = gr.Number(
                         0, precision=0, minimum=0, label="ADMM steps after (0: instant, ~10 s)"
                     )
-                    auto_btn = gr.Button("Find allocation", variant="primary")
+                    with gr.Row():
+                        auto_btn = gr.Button("Find allocation", variant="primary")
+                        auto_cancel = gr.Button("Cancel", variant="stop")
                     auto_status = gr.Markdown()
                     alloc = gr.Dataframe(
                         headers=ui_auto.TABLE_HEADERS,
@@ -313,6 +315,7 @@ def build_demo() -> gr.Blocks:
         apply_btn.click(
             ui_auto.auto_apply, [scene, alloc, *camera], auto_out, api_name="auto_apply", **long
         )
+        auto_cancel.click(ui.cancel_refine, None, auto_status, api_name="cancel_auto", queue=False)
         csv_btn.click(ui_files.sweep_csv, scene, csv_file, api_name="sweep_csv", **raw)
         refresh(
             ckpt_file.upload(

@@ -684,7 +684,7 @@ def refine(
 
 
 def cancel_refine(request: gr.Request = None) -> str:
-    """Stop this session's running refinement."""
+    """Stop this session's running refinement (Refine, or Auto with ADMM steps)."""
     flag = _cancels.get(_session(request))
     if flag is None:
         return "Nothing to cancel."

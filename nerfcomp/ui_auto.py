@@ -11,6 +11,7 @@ function validates plain values (``ValueError`` → ``gr.Error``).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 
 import gradio as gr
@@ -21,8 +22,10 @@ from nerfcomp.compress.allocate import config_from_settings
 from nerfcomp.compress.config import ALLOWED_BITS, ResolvedLayer
 from nerfcomp.outputs import png
 from nerfcomp.ui import (
+    _cancels,
     _choice,
     _number,
+    _session,
     _shown,
     check_scene,
     cpu_model,
@@ -56,12 +59,13 @@ def auto_find(
     azimuth=30.0,
     elevation=30.0,
     size=100,
+    request: gr.Request = None,
     progress=gr.Progress(),  # noqa: B008
 ):
     """Find per-layer settings for the target: PSNR >= ``percent``% of the original's on
     every held-out view, or a file of at most ``kb`` KB; ``admm_steps`` > 0 refines the
-    allocation by ADMM after (minutes). Returns (status, table, images, rate–distortion and
-    bytes-per-layer figures, readout)."""
+    allocation by ADMM after (minutes; the Cancel button stops it). Returns (status, table,
+    images, rate–distortion and bytes-per-layer figures, readout)."""
     scene = check_scene(scene)
     _choice("goal", goal, GOALS)
     percent = _number("target PSNR (% of the original's)", percent, 50.0, 99.99)
@@ -76,7 +80,12 @@ def auto_find(
     def report(fraction: float, message: str) -> None:
         progress(fraction, desc=message)
 
-    found = engine().auto(scene, admm_steps=steps, progress=report, **target)
+    session, cancel = _session(request), threading.Event()
+    _cancels[session] = cancel  # the session's Cancel button sets it
+    try:
+        found = engine().auto(scene, admm_steps=steps, progress=report, cancel=cancel, **target)
+    finally:
+        _cancels.pop(session, None)
     return _show(scene, found.config, cam, found.to_dict())
 
 

@@ -38,6 +38,7 @@ API_NAMES = {
     "/open_nrc",
     "/auto",
     "/auto_apply",
+    "/cancel_auto",
 }
 CONTRACT = {"psnr", "psnr_original", "psnr_test", "ssim", "bytes", "bytes_original", "ratio"}
 SWEEP = {  # a hand-made table: original 30 dB

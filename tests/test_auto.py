@@ -86,3 +86,13 @@ def test_cli_auto_one_line_errors(capsys):
     assert "expected a percent" in capsys.readouterr().err
     assert main(["auto", "--scene", "primitives"]) == 2  # no target
     assert "one of the arguments" in capsys.readouterr().err
+
+
+def test_auto_stops_when_cancelled(tiny):
+    import threading
+
+    e, name = tiny
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ValueError, match="cancelled"):  # in the table or in ADMM, whichever
+        e.auto(name, target_psnr_drop=2.0, admm_steps=50, cancel=cancel)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nerfcomp.compress.admm import Cancelled
 from nerfcomp.compress.codec import layer_nbytes
 from nerfcomp.compress.config import CompressionConfig, LayerConfig, ResolvedLayer
 from nerfcomp.compress.layers import CompressedLinear
@@ -372,7 +373,7 @@ def sensitivity_table(
         ahead = pool.submit(stored, wanted(0)) if layers else None
         for done, (layer, options) in enumerate(layers):
             if cancel is not None and cancel.is_set():
-                raise InterruptedError("cancelled")
+                raise Cancelled("allocation cancelled")
             if progress is not None:
                 progress(done / len(layers), f"sensitivity of {layer} ({len(options)} settings)")
             parts = ahead.result()
