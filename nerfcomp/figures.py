@@ -176,10 +176,12 @@ def rate_distortion(
     current: Mapping,
     original: Mapping,
     label: str = "current setting",
+    uniform_front: bool = False,
 ) -> go.Figure:
     """PSNR vs bytes: the sweep's points and Pareto frontier, the float32 original and the
-    current setting (named ``label`` in the legend). ``uirevision`` is the scene, so the
-    user's zoom survives updates.
+    current setting (named ``label`` in the legend); ``uniform_front``: the frontier of the
+    uniform settings only (no per-layer overrides), to compare an allocation with.
+    ``uirevision`` is the scene, so the user's zoom survives updates.
 
     sweep: the sweep table ({"points": [...]}) or None; current: {"bytes", "psnr", "bits",
     "rank", "prune"}; original: {"bytes", "psnr"}."""
@@ -197,13 +199,13 @@ def rate_distortion(
                 text=[_setting(p) for p in pts],
                 hovertemplate="%{text}<br>%{x:,} B, %{y:.2f} dB<extra></extra>",
             )
-    front = pareto_front(points)
+    front = pareto_front([p for p in points if not (uniform_front and p.get("layers"))])
     if front:
         fig.add_scatter(
             x=[p["bytes"] for p in front],
             y=[p["psnr"] for p in front],
             mode="lines",
-            name="Pareto frontier",
+            name="uniform settings' frontier" if uniform_front else "Pareto frontier",
             line=dict(color="#08519c", width=2, shape="hv"),
             hoverinfo="skip",
         )

@@ -184,7 +184,9 @@ def _show(scene: str, cfg: CompressionConfig, cam: scenes.Camera, found: dict | 
     sweep = load_sweep(scene)
     point = {**cfg.to_dict(), "bytes": comp.bytes, "psnr": score["psnr"]}
     original = {"bytes": base.bytes_original, "psnr": score0["psnr"]}
-    fig_rd = figures.rate_distortion(scene, sweep, point, original, label="auto allocation")
+    fig_rd = figures.rate_distortion(
+        scene, sweep, point, original, label="auto allocation", uniform_front=True
+    )
     fig_bytes = figures.bytes_per_layer(
         eng.compress(scene, CompressionConfig(bits=32)).breakdown, comp.breakdown
     )

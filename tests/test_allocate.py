@@ -222,3 +222,24 @@ def test_per_layer_configs_round_trip_through_the_file():
         m.stored["W" if "W" in m.stored else "A"].bits for m in again if hasattr(m, "stored")
     ] == [8, 3, 16]
     assert again[2].factorized and not again[0].factorized
+
+
+def test_the_auto_panel_chart_draws_the_uniform_settings_frontier():
+    from nerfcomp import figures
+
+    sweep = {
+        "points": [
+            {"bits": 8, "rank": None, "prune": 0.0, "psnr": 30.0, "bytes": 100},
+            {"bits": 4, "rank": None, "prune": 0.0, "psnr": 20.0, "bytes": 50},
+            {"bits": 3, "rank": None, "prune": 0.0, "psnr": 29.0, "bytes": 40,
+             "layers": {"a": {"bits": 8}}},
+        ]
+    }  # fmt: skip
+    current, original = {"bits": 5, "bytes": 45, "psnr": 28.0}, {"bytes": 400, "psnr": 31.0}
+    fronts = {}
+    for uniform in (False, True):
+        fig = figures.rate_distortion("s", sweep, current, original, "auto", uniform)
+        line = next(t for t in fig.data if t.mode == "lines")
+        fronts[uniform] = (line.name, list(line.x))
+    assert fronts[False] == ("Pareto frontier", [40, 100])  # the mixed point leads
+    assert fronts[True] == ("uniform settings' frontier", [50, 100])
