@@ -2,9 +2,9 @@
 
 Each layer gets its own (bits, rank, prune). Like mixed-precision search (HAQ; HAWQ), we first
 measure a sensitivity table, one layer changed at a time: for every layer and candidate setting,
-the bytes its part of the file takes and the rise of the squared error on a fixed set of
-held-out rays (``Probe``). Errors of different layers are close to independent noise, so their
-rises add up, and so do bytes; ``allocate`` then picks one candidate per layer, the fewest
+the bytes its part of the file takes and the squared error it adds to the colours of a fixed
+set of held-out rays (``Probe``). Errors of different layers are close to independent noise,
+so they add up, and so do bytes; ``allocate`` then picks one candidate per layer, the fewest
 bytes under an error budget, exactly, by dynamic programming over bytes (a multiple-choice
 knapsack: Shoham & Gersho's 1988 bit allocation finds only the convex-hull points of it).
 The engine verifies the pick with a real evaluation of the combined setting (``Engine.auto``).
