@@ -35,15 +35,9 @@ sys.path.insert(0, str(ROOT))
 from nerfcomp.compress import CompressionConfig, LayerConfig  # noqa: E402
 from nerfcomp.compress.allocate import lc_rank_selection  # noqa: E402
 from nerfcomp.compress.engine import Engine  # noqa: E402
+from nerfcomp.compress.sweep import smallest_uniform  # noqa: E402
 
 ALPHAS = [10.0 ** (-6 + i / 8) for i in range(25)]  # 1e-6 .. 1e-3, 8 per decade
-
-
-def uniform_at_least(points: list[dict], psnr: float, admm: bool) -> dict | None:
-    """The smallest uniform point (no per-layer overrides) with PSNR >= psnr."""
-    ok = [p for p in points if not p.get("layers") and p["psnr"] >= psnr]
-    ok = [p for p in ok if admm or not p.get("admm_steps")]
-    return min(ok, key=lambda p: p["bytes"]) if ok else None
 
 
 def lc_best(eng: Engine, scene: str, floor: float) -> tuple[dict | None, int]:
@@ -98,7 +92,7 @@ def main() -> None:
             {n: lc["bits"] for n, lc in found.config.to_dict()["layers"].items()}
         ) + f", default {found.config.bits} bit")]  # fmt: skip
         for label, admm in (("best uniform, any", True), ("best uniform, instant", False)):
-            u = uniform_at_least(sweep, found.psnr, admm)
+            u = smallest_uniform(sweep, found.psnr, admm)
             rows.append((label, u and u["bytes"], u and u["psnr"], fmt(u)))
         lc, tried = lc_best(eng, scene, floor)
         rows.append(("LC rank selection (fp32)", lc and lc["bytes"], lc and lc["psnr"],

@@ -26,6 +26,7 @@ from nerfcomp import figures, metrics, scenes, uploads
 from nerfcomp.compress import CompressionConfig, LayerConfig, linear_names
 from nerfcomp.compress.config import ALLOWED_BITS
 from nerfcomp.compress.engine import ByteLRU, Engine
+from nerfcomp.compress.sweep import smallest_uniform
 from nerfcomp.outputs import png
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,15 @@ def _bits(x) -> int:
     if not ok or float(x) != int(x) or int(x) not in ALLOWED_BITS:
         raise ValueError(f"bits must be a whole number 1..8, or 16 (fp16) or 32; got {_shown(x)}")
     return int(x)
+
+
+def check_view(azimuth, elevation, size) -> tuple[float, float, int]:
+    """The camera controls, checked: azimuth and elevation in degrees, size in pixels."""
+    return (
+        _number("azimuth", azimuth, -360, 360),
+        _number("elevation", elevation, -89, 89),
+        _number("size", size, 16, 400, integer=True),
+    )
 
 
 def check_scene(scene) -> str:
@@ -269,9 +279,7 @@ def compress(
     rate–distortion figures. admm_steps > 0 shows the refined model if /refine computed it."""
     lap, t0, cpu0 = _timer(), time.perf_counter(), time.process_time()
     cfg, refined = _setting(scene, bits, rank, prune, keep_ends, float_format, admm_steps)
-    azimuth = _number("azimuth", azimuth, -360, 360)
-    elevation = _number("elevation", elevation, -89, 89)
-    size = _number("size", size, 16, 400, integer=True)
+    azimuth, elevation, size = check_view(azimuth, elevation, size)
     _choice("error_vs", error_vs, ERROR_VS)
     eng, timing = engine(), {}
     _warm_up(scene)
@@ -444,14 +452,9 @@ def _sweep_pick(scene: str, floor: float, label: str) -> tuple:
             f"no sweep table for {scene} yet, so no '{label}' preset; compute it with: "
             f"python -m nerfcomp sweep --scene {scene}"
         )
-    ok = [
-        p
-        for p in table["points"]
-        if p["psnr"] >= floor * table["psnr_original"] and not p.get("layers")  # sliders: uniform
-    ]
-    if not ok:
+    p = smallest_uniform(table["points"], floor * table["psnr_original"])  # sliders: uniform
+    if p is None:
         raise ValueError(f"no point of the {scene} sweep keeps {100 * floor:.0f}% of the PSNR")
-    p = min(ok, key=lambda p: (p["bytes"], -p["psnr"]))
     note = (
         f" It is ADMM-refined ({p['admm_steps']} steps): press **Refine** to compute it."
         if p.get("admm_steps")

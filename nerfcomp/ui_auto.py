@@ -20,6 +20,7 @@ from nerfcomp import figures, scenes
 from nerfcomp.compress import CompressionConfig, linear_names
 from nerfcomp.compress.allocate import config_from_settings
 from nerfcomp.compress.config import ALLOWED_BITS, ResolvedLayer
+from nerfcomp.compress.sweep import smallest_uniform
 from nerfcomp.outputs import png
 from nerfcomp.ui import (
     _cancels,
@@ -28,6 +29,7 @@ from nerfcomp.ui import (
     _session,
     _shown,
     check_scene,
+    check_view,
     cpu_model,
     engine,
     gpu,
@@ -42,10 +44,7 @@ TABLE_HEADERS = ["layer", "bits", "rank", "prune", "KB", "probe ΔPSNR (dB)"]
 
 
 def _camera(azimuth, elevation, size) -> scenes.Camera:
-    azimuth = _number("azimuth", azimuth, -360, 360)
-    elevation = _number("elevation", elevation, -89, 89)
-    size = _number("size", size, 16, 400, integer=True)
-    return scenes.camera_at(azimuth, elevation, size)
+    return scenes.camera_at(*check_view(azimuth, elevation, size))
 
 
 @user_errors
@@ -208,14 +207,6 @@ def _show(scene: str, cfg: CompressionConfig, cam: scenes.Camera, found: dict | 
     return status, table, images, fig_rd, fig_bytes, readout
 
 
-def uniform_at_least(sweep: dict | None, psnr: float, admm: bool = True) -> dict | None:
-    """The smallest uniform setting (no per-layer overrides) of the sweep with PSNR >= psnr;
-    admm False: among the instant ones only."""
-    points = [p for p in (sweep or {}).get("points", []) if not p.get("layers")]
-    good = [p for p in points if p["psnr"] >= psnr and (admm or not p.get("admm_steps"))]
-    return min(good, key=lambda p: p["bytes"]) if good else None
-
-
 def _status(r: dict, found: dict | None, sweep: dict | None) -> str:
     """One line on the allocation, then how it compares with the sweep's uniform settings."""
     head = (
@@ -227,7 +218,7 @@ def _status(r: dict, found: dict | None, sweep: dict | None) -> str:
         head = f"{met} · {head} · {found['seconds']:.1f} s"
     lines = [head]
     for what, admm in (("instant", False), ("any, ADMM included", True)):
-        u = uniform_at_least(sweep, r["psnr"], admm)
+        u = smallest_uniform((sweep or {}).get("points", []), r["psnr"], admm)
         if u is None:
             lines.append(f"smallest uniform setting at ≥ this PSNR ({what}): none in the sweep")
             continue

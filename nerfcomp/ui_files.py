@@ -23,6 +23,7 @@ from nerfcomp.ui import (
     _setting,
     available_scenes,
     check_scene,
+    check_view,
     engine,
     gpu,
     load_sweep,
@@ -183,9 +184,7 @@ def open_nrc(file, azimuth=30.0, elevation=30.0, size=100):
     from nerfcomp.evaluate import evaluate_model, render_view
 
     path = _upload_path(file)
-    azimuth = _number("azimuth", azimuth, -360, 360)
-    elevation = _number("elevation", elevation, -89, 89)
-    size = _number("size", size, 16, 400, integer=True)
+    azimuth, elevation, size = check_view(azimuth, elevation, size)
     model, meta = uploads.check_nrc(path)
     eng = engine()
     model = model.to(eng.device).eval()

@@ -66,3 +66,16 @@ def test_a_table_of_another_model_is_started_again(tiny_checkpoint, tmp_path):
     out.write_text(json.dumps(table))
     assert sweep.run_sweep(name, out, grid=grid, engine=engine)["computed"] == 1
     assert json.loads(out.read_text())["points"][0]["psnr"] != 99.0
+
+
+def test_smallest_uniform_skips_per_layer_points_and_prefers_the_better_psnr_at_equal_bytes():
+    pts = [
+        {"bytes": 10, "psnr": 30.0, "layers": {"a": {"bits": 8}}},  # per layer: not uniform
+        {"bytes": 20, "psnr": 29.0, "admm_steps": 300},
+        {"bytes": 20, "psnr": 29.5, "admm_steps": 300},
+        {"bytes": 30, "psnr": 29.2},
+        {"bytes": 40, "psnr": 27.0},
+    ]
+    assert sweep.smallest_uniform(pts, 29.0) == pts[2]
+    assert sweep.smallest_uniform(pts, 29.0, admm=False) == pts[3]
+    assert sweep.smallest_uniform(pts, 31.0) is None

@@ -128,7 +128,7 @@ def auto_allocate(
         met = lambda row: row["bytes"] <= target_bytes  # noqa: E731
         _search_bytes(search, int(target_bytes), rounds)
         if admm_steps:
-            row, cfg = _best(search.tried, met, smaller=False)
+            row, _ = _best(search.tried, met, smaller=False)  # its budget's allocation, refined
             choice = allocate(table, max_bytes=int(row["budget"]))
             search.verify(choice, row["budget"], int(admm_steps))
     else:

@@ -431,7 +431,7 @@ class Engine:
         measured once per base model on up to ``n_rays`` fixed held-out rays (fewer where
         their visible samples would pass ``max_samples``)."""
         base = self.base(name)
-        key = (base.name, base.sha256, n_rays, max_samples)
+        key = self._table_key(name, n_rays, max_samples)
         with self._tables_lock:
             hit = self._tables.get(key)
             if hit is not None:
@@ -461,8 +461,11 @@ class Engine:
         self, name: str, n_rays: int = 2048, max_samples: int = 8192
     ) -> SensitivityTable | None:
         """The sensitivity table if it has been measured (never measures it)."""
+        return self._tables.get(self._table_key(name, n_rays, max_samples))
+
+    def _table_key(self, name: str, n_rays: int, max_samples: int) -> tuple:
         base = self.base(name)
-        return self._tables.get((base.name, base.sha256, n_rays, max_samples))
+        return (base.name, base.sha256, n_rays, max_samples)
 
     def auto(self, name: str, **kwargs) -> AutoResult:
         """Per-layer settings for a target, verified (``auto.auto_allocate``'s arguments)."""

@@ -21,7 +21,7 @@ from nerfcomp.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GRID", "pareto_front", "run_sweep", "sweep_path"]
+__all__ = ["GRID", "pareto_front", "run_sweep", "smallest_uniform", "sweep_path"]
 
 GRID = {
     "bits": [8, 6, 4, 3, 2],
@@ -47,6 +47,17 @@ def pareto_front(points: list[dict]) -> list[dict]:
             front.append(p)
             best = p["psnr"]
     return front
+
+
+def smallest_uniform(points: list[dict], psnr: float, admm: bool = True) -> dict | None:
+    """The smallest point with one setting for every layer (no per-layer overrides) and PSNR
+    >= psnr, the better PSNR among equal sizes; admm False: among the instant ones only."""
+    ok = [
+        p
+        for p in points
+        if not p.get("layers") and p["psnr"] >= psnr and (admm or not p.get("admm_steps"))
+    ]
+    return min(ok, key=lambda p: (p["bytes"], -p["psnr"])) if ok else None
 
 
 def _load(path: Path, scene: str, model_sha: str) -> dict:
