@@ -141,7 +141,11 @@ def sweep_csv(scene):
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for p in sorted(table["points"], key=lambda p: p["bytes"]):
-            layers = ";".join(f"{n}=bits:{lc['bits']}" for n, lc in (p.get("layers") or {}).items())
+            overrides = (p.get("layers") or {}).items()  # as the CLI's --layer takes them
+            layers = ";".join(
+                f"{n}=" + ",".join(f"{k}:{v}" for k, v in lc.items() if v is not None)
+                for n, lc in overrides
+            )
             w.writerow({**p, "layers": layers})
     return path
 
