@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from nerfcomp.compress import CompressionConfig, LayerConfig  # noqa: E402
 from nerfcomp.compress.allocate import lc_rank_selection  # noqa: E402
 from nerfcomp.compress.engine import Engine  # noqa: E402
-from nerfcomp.compress.sweep import smallest_uniform  # noqa: E402
+from nerfcomp.tables import smallest_uniform  # noqa: E402
 
 ALPHAS = [10.0 ** (-6 + i / 8) for i in range(25)]  # 1e-6 .. 1e-3, 8 per decade
 

@@ -17,6 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from plotly.colors import sequential
 from plotly.subplots import make_subplots
 
+from nerfcomp.tables import pareto_front
+
 __all__ = [
     "PART_COLORS",
     "admm_curve",
@@ -144,15 +146,6 @@ def waterfall(stages: Sequence[Mapping]) -> go.Figure:
 
 
 # --- rate–distortion ------------------------------------------------------------------------
-
-
-def pareto_front(points: Sequence[Mapping]) -> list[Mapping]:
-    """The points no other point beats on both bytes (fewer) and PSNR (higher), by bytes."""
-    front: list[Mapping] = []
-    for p in sorted(points, key=lambda p: (p["bytes"], -p["psnr"])):
-        if not front or p["psnr"] > front[-1]["psnr"]:
-            front.append(p)
-    return front
 
 
 def _setting(p: Mapping) -> str:

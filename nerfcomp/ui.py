@@ -26,8 +26,8 @@ from nerfcomp import figures, metrics, scenes, uploads
 from nerfcomp.compress import CompressionConfig, LayerConfig, linear_names
 from nerfcomp.compress.config import ALLOWED_BITS
 from nerfcomp.compress.engine import ByteLRU, Engine
-from nerfcomp.compress.sweep import smallest_uniform
 from nerfcomp.outputs import png
+from nerfcomp.tables import smallest_uniform
 
 log = logging.getLogger(__name__)
 

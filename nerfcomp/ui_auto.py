@@ -20,8 +20,8 @@ from nerfcomp import figures, scenes
 from nerfcomp.compress import CompressionConfig, linear_names
 from nerfcomp.compress.allocate import config_from_settings
 from nerfcomp.compress.config import ALLOWED_BITS, ResolvedLayer
-from nerfcomp.compress.sweep import smallest_uniform
 from nerfcomp.outputs import png
+from nerfcomp.tables import smallest_uniform
 from nerfcomp.ui import (
     _cancels,
     _choice,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from nerfcomp import tables
 from nerfcomp.compress import sweep
 from nerfcomp.compress.engine import Engine
 
@@ -50,7 +51,7 @@ def test_pareto_front():
         {"bytes": 30, "psnr": 24.0},  # dominated by the 20-byte point
         {"bytes": 40, "psnr": 30.0},
     ]
-    assert [p["bytes"] for p in sweep.pareto_front(pts)] == [10, 20, 40]
+    assert [p["bytes"] for p in tables.pareto_front(pts)] == [10, 20, 40]
 
 
 def test_a_table_of_another_model_is_started_again(tiny_checkpoint, tmp_path):
@@ -76,6 +77,6 @@ def test_smallest_uniform_skips_per_layer_points_and_prefers_the_better_psnr_at_
         {"bytes": 30, "psnr": 29.2},
         {"bytes": 40, "psnr": 27.0},
     ]
-    assert sweep.smallest_uniform(pts, 29.0) == pts[2]
-    assert sweep.smallest_uniform(pts, 29.0, admm=False) == pts[3]
-    assert sweep.smallest_uniform(pts, 31.0) is None
+    assert tables.smallest_uniform(pts, 29.0) == pts[2]
+    assert tables.smallest_uniform(pts, 29.0, admm=False) == pts[3]
+    assert tables.smallest_uniform(pts, 31.0) is None

@@ -18,6 +18,7 @@ from nerfcomp import scenes
 from nerfcomp.compress.config import CompressionConfig
 from nerfcomp.compress.engine import Engine
 from nerfcomp.fileio import atomic_write_bytes
+from nerfcomp.tables import pareto_front, smallest_uniform
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +38,6 @@ def sweep_path(scene: str) -> Path:
 
 def _key(p: dict) -> tuple:
     return tuple(p.get(k) for k in KEYS)
-
-
-def pareto_front(points: list[dict]) -> list[dict]:
-    """Points not beaten by another in both bytes (fewer) and PSNR (higher), by bytes."""
-    front, best = [], -float("inf")
-    for p in sorted(points, key=lambda p: (p["bytes"], -p["psnr"])):
-        if p["psnr"] > best:
-            front.append(p)
-            best = p["psnr"]
-    return front
-
-
-def smallest_uniform(points: list[dict], psnr: float, admm: bool = True) -> dict | None:
-    """The smallest point with one setting for every layer (no per-layer overrides) and PSNR
-    >= psnr, the better PSNR among equal sizes; admm False: among the instant ones only."""
-    ok = [
-        p
-        for p in points
-        if not p.get("layers") and p["psnr"] >= psnr and (admm or not p.get("admm_steps"))
-    ]
-    return min(ok, key=lambda p: (p["bytes"], -p["psnr"])) if ok else None
 
 
 def _load(path: Path, scene: str, model_sha: str) -> dict:
