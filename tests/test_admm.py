@@ -7,7 +7,14 @@ import torch
 
 from nerfcomp import scenes
 from nerfcomp.compress import CompressionConfig, compress
-from nerfcomp.compress.admm import Cancelled, c_step, finetune_stored, multiplier_step, refine
+from nerfcomp.compress.admm import (
+    Cancelled,
+    c_step,
+    finetune_stored,
+    l_step,
+    multiplier_step,
+    refine,
+)
 from nerfcomp.model import NeRF, NeRFConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,10 +50,28 @@ def test_c_step_projects_the_shifted_weights():
     assert err < (shifted.max() - shifted.min())  # a projection of the shifted weights
 
 
-def test_refine_keeps_the_format_and_beats_direct_compression():
+def _trained_tiny_nerf(rays, steps: int = 150) -> NeRF:
+    """A width-16 NeRF fitted briefly to the rays: what refine is for is a trained model (from
+    a random one, a large early learning rate may as well empty the density)."""
+    from nerfcomp.evaluate import grid_for
+    from nerfcomp.render import RenderSettings
+    from nerfcomp.train import photometric_loss
+
     torch.manual_seed(0)
-    base = NeRF(NeRFConfig(width=16))
+    model = NeRF(NeRFConfig(width=16))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    g, grid = torch.Generator().manual_seed(0), grid_for(model)
+    for _ in range(steps):
+        loss = photometric_loss(model, rays, 128, grid, RenderSettings(), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_refine_keeps_the_format_and_beats_direct_compression():
     rays = tiny_rays()
+    base = _trained_tiny_nerf(rays)
     cfg = CompressionConfig(bits=2, admm_steps=40)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     refined = refine(base, cfg, "primitives", rays=rays, batch_rays=128)
@@ -100,3 +125,29 @@ def test_cancel_stops_refinement():
             batch_rays=64,
             cancel=cancel,
         )
+
+
+def test_l_step_follows_the_learning_rate_schedule():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1.0)
+    seen = []
+
+    def loss_fn(m):
+        seen.append(opt.param_groups[0]["lr"])
+        return m(torch.ones(1, 2)).square().sum()
+
+    target = {"0": torch.zeros(2, 2)}
+    l_step(model, opt, target, mu=1e-3, loss_fn=loss_fn, steps=3, lr=lambda i: 0.1 / (i + 1))
+    assert seen == pytest.approx([0.1, 0.05, 0.1 / 3])
+
+
+def test_finetune_decays_the_learning_rate_to_lr_final(monkeypatch):
+    from nerfcomp.compress import admm
+
+    lrs = []
+    real = admm._set_lr
+    monkeypatch.setattr(admm, "_set_lr", lambda opt, lr: (lrs.append(lr), real(opt, lr)))
+    small = compress(NeRF(NeRFConfig(width=16)), CompressionConfig(bits=2))
+    finetune_stored(small, lambda m: sum(p.sum() for p in m.buffers()) * 0.0, 4, 1e-3, 1e-5)
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 * 0.01**0.75)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))

@@ -43,6 +43,12 @@ __all__ = ["c_step", "finetune_stored", "l_step", "multiplier_step", "refine"]
 
 Progress = Callable[[float, str], None]
 
+# Adam's learning rate, decayed exponentially over the L-steps and the fine-tune: large early,
+# while mu is small and the weights may still move far (and an under-trained model keeps
+# training), small at the end, where the stored values settle. Measured (blocks, 3 bits, 1,500
+# steps): a constant 1e-4 gave 28.79 dB, a constant 2e-3 30.22 dB.
+LR, LR_FINAL = 2e-3, 5e-5
+
 
 class Cancelled(ValueError):
     """The refinement was cancelled by the caller."""
@@ -59,16 +65,19 @@ def l_step(
     mu: float,
     loss_fn: Callable[[nn.Module], Tensor],
     steps: int,
+    lr: Callable[[int], float] | None = None,
 ) -> float:
     """``steps`` proximal-gradient steps on L(W) + μ/2 ‖W − target‖², target = Δ(Θ) + λ/μ:
     an Adam step on L, then the exact proximal map of the quadratic,
     W ← (W + ημ·target) / (1 + ημ) with η = 1. (Adam normalises step sizes, so putting the
     penalty through it would pull W onto the target at ``lr`` per step however large μ is.)
-    Returns the mean photometric loss."""
+    lr: the learning rate of step i (None: the optimizer's). Returns the mean photometric loss."""
     weights = _weights(model)
     pull = mu / (1.0 + mu)
     total = 0.0
-    for _ in range(steps):
+    for i in range(steps):
+        if lr is not None:
+            _set_lr(opt, lr(i))
         loss = loss_fn(model)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,10 +130,15 @@ def _dense(st: StoredTensor, p: Tensor) -> Tensor:
 
 
 def finetune_stored(
-    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], steps: int, lr: float = 1e-4
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module], Tensor],
+    steps: int,
+    lr: float = 1e-4,
+    lr_final: float | None = None,
 ) -> nn.Module:
     """Train codebooks, fp16/fp32 values and biases of a compressed model, indices and masks
-    fixed; returns a new compressed model (codebooks and biases rounded to fp16 again)."""
+    fixed; returns a new compressed model (codebooks and biases rounded to fp16 again). The
+    learning rate decays exponentially from lr to lr_final (None: constant)."""
     model = copy.deepcopy(model).train()
     leaves = _stored_params(model)
     biases = [
@@ -133,7 +147,9 @@ def finetune_stored(
         if isinstance(layer, CompressedLinear) and layer.bias is not None
     ]
     opt = torch.optim.Adam([p for *_, p in leaves] + [b for _, b in biases], lr=lr)
-    for _ in range(steps):
+    schedule = _decay(lr, lr if lr_final is None else lr_final, steps)
+    for i in range(steps):
+        _set_lr(opt, schedule(i))
         for layer, part, st, p in leaves:
             layer._buffers[part] = _dense(st, p)
         for layer, b in biases:
@@ -143,6 +159,16 @@ def finetune_stored(
         loss.backward()
         opt.step()
     return _rebuild(model, leaves, biases)
+
+
+def _decay(lr: float, lr_final: float, steps: int) -> Callable[[int], float]:
+    """Exponential decay: lr at step 0, lr_final at step ``steps``."""
+    return lambda i: lr * (lr_final / lr) ** (i / max(steps, 1))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 @torch.no_grad()
@@ -185,13 +211,15 @@ def refine(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     batch_rays: int = 1024,
-    lr: float = 1e-4,
+    lr: float = LR,
+    lr_final: float = LR_FINAL,
     seed: int = 0,
     rays: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> nn.Module:
     """The LC algorithm for ``cfg.admm_steps`` SGD steps in all, then a fine-tune of what is
-    stored (half as many steps). ``base`` is left untouched. Raises ``Cancelled`` when
-    ``cancel`` is set. ``rays`` (origins, dirs, rgb) default to the scene's training views."""
+    stored (half as many steps). The learning rate decays exponentially from ``lr`` to
+    ``lr_final`` over both. ``base`` is left untouched. Raises ``Cancelled`` when ``cancel`` is
+    set. ``rays`` (origins, dirs, rgb) default to the scene's training views."""
     steps = cfg.admm_steps
     device = module_device(base)
     if rays is None:
@@ -210,7 +238,9 @@ def refine(
     theta = compress(model, cfg)  # direct compression: the LC starting point
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     grid = grid_for(model)
-    done, total = 0, steps + steps // 2
+    ft = max(1, steps // 2)
+    done, total = 0, n_lc * inner + ft
+    schedule = _decay(lr, lr_final, total)
 
     def report(msg: str) -> None:
         if cancel is not None and cancel.is_set():
@@ -227,6 +257,7 @@ def refine(
             mu,
             _loss(rays, batch_rays, grid, settings, g),
             inner,
+            lambda i, start=done: schedule(start + i),
         )
         theta = c_step(model, lam, mu, cfg)
         viol = multiplier_step(model, theta, lam, mu)
@@ -237,8 +268,8 @@ def refine(
             grid = grid_for(model)
     theta = compress(model, cfg)  # Θ = Π(W): the constraint at the end (λ dropped)
     theta_grid = grid_for(theta)
-    ft = max(1, steps // 2)
-    theta = finetune_stored(theta, _loss(rays, batch_rays, theta_grid, settings, g), ft)
+    loss_fn = _loss(rays, batch_rays, theta_grid, settings, g)
+    theta = finetune_stored(theta, loss_fn, ft, schedule(done), lr_final)
     done = total
     report("fine-tuned codebooks, factors and biases")
     return theta
