@@ -1,5 +1,6 @@
 """The shipped best files (assets/NAME.nrc): decoded and scored on every held-out view, each
-keeps >= 99% of its float32 model's test PSNR at >= 8x fewer bytes (issue 3's bar)."""
+keeps >= 99% of its float32 model's test PSNR at >= 16x fewer bytes (issue 3's target; its
+bar was 8x)."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from nerfcomp.evaluate import evaluate_model
 
 
 @pytest.mark.parametrize("name", list(scenes.SCENES))
-def test_shipped_best_file_keeps_99_percent_at_8x(name, one_thread):
+def test_shipped_best_file_keeps_99_percent_at_16x(name, one_thread):
     scene = scenes.get_scene(name)
     path = scene.checkpoint.with_suffix(".nrc")
     if not path.exists():
@@ -22,4 +23,4 @@ def test_shipped_best_file_keeps_99_percent_at_8x(name, one_thread):
     original = json.loads(scene.checkpoint.with_suffix(".json").read_text())["psnr"]
     score = evaluate_model(load(path).eval(), name)
     assert score["psnr"] >= 0.99 * original, (score["psnr"], original)
-    assert os.path.getsize(path) * 8 <= os.path.getsize(scene.checkpoint)
+    assert os.path.getsize(path) * 16 <= os.path.getsize(scene.checkpoint)
