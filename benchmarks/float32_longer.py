@@ -4,8 +4,7 @@
 
 ADMM refinement trains the model while it compresses it (``admm_steps`` L-steps plus half as
 many fine-tuning steps, Adam decaying from ``admm.LR`` to ``admm.LR_FINAL``, 1,024 training
-rays a step). This runs the same optimizer, decay (without refine's short warm-up), rays and
-batch on the float32 checkpoint,
+rays a step). This runs the same optimizer, decay, rays and batch on the float32 checkpoint,
 uncompressed, for ``--steps`` steps, and prints its held-out PSNR beside the checkpoint's: the
 PSNR a compressed file should be compared with to see what compression alone costs.
 """
@@ -25,8 +24,7 @@ from nerfcomp import scenes  # noqa: E402
 from nerfcomp.compress.admm import LR, LR_FINAL  # noqa: E402
 from nerfcomp.evaluate import evaluate_model, grid_for  # noqa: E402
 from nerfcomp.model import load_checkpoint  # noqa: E402
-from nerfcomp.render import RenderSettings  # noqa: E402
-from nerfcomp.train import photometric_loss  # noqa: E402
+from nerfcomp.train import TrainConfig, set_lr, train_step  # noqa: E402
 
 
 def main() -> None:
@@ -40,18 +38,15 @@ def main() -> None:
     model = loaded[0] if isinstance(loaded, tuple) else loaded
     before = evaluate_model(model.eval(), args.scene)["psnr"]
     rays = scenes.views(args.scene, "train").rays()
+    cfg = TrainConfig(args.scene, steps=args.steps, batch_rays=1024, lr=LR, lr_final=LR_FINAL)
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
     grid = grid_for(model)
     t0 = time.perf_counter()
     for i in range(args.steps):
-        for group in opt.param_groups:
-            group["lr"] = LR * (LR_FINAL / LR) ** (i / args.steps)
-        loss = photometric_loss(model, rays, 1024, grid, RenderSettings(), g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        set_lr(opt, cfg.lr_at(i))
+        train_step(model, opt, rays, grid, cfg, g)
         if i % 1200 == 1199:  # the occupancy grid follows the density, as in refine
             grid = grid_for(model)
     after = evaluate_model(model.eval(), args.scene)["psnr"]

@@ -38,7 +38,7 @@ from nerfcomp.render import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "photometric_loss", "train"]
+__all__ = ["TrainConfig", "exp_decay", "photometric_loss", "set_lr", "train", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,18 @@ class TrainConfig:
 
     def lr_at(self, step: int) -> float:
         """Exponential decay from lr to lr_final over the run."""
-        return self.lr * (self.lr_final / self.lr) ** min(step / self.steps, 1.0)
+        return exp_decay(self.lr, self.lr_final, step, self.steps)
+
+
+def exp_decay(lr: float, lr_final: float, step: int, steps: int) -> float:
+    """lr at step 0, decayed exponentially to lr_final at ``steps`` and held there."""
+    return lr * (lr_final / lr) ** min(step / max(steps, 1), 1.0)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group of ``opt`` at learning rate ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 class DensityGrid:
@@ -204,8 +215,7 @@ def train(
         if step % cfg.grid_every == 0:
             dgrid.refresh(model.density, g)
             grid = dgrid.grid()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
+        set_lr(opt, cfg.lr_at(step))
         losses.append(train_step(model, opt, rays, grid, cfg, g))
         if progress and (step + 1) % cfg.grid_every == 0:
             mse = sum(losses[-cfg.grid_every :]) / len(losses[-cfg.grid_every :])

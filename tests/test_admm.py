@@ -54,18 +54,15 @@ def _trained_tiny_nerf(rays, steps: int = 150) -> NeRF:
     """A width-16 NeRF fitted briefly to the rays: what refine is for is a trained model (from
     a random one, a large early learning rate may as well empty the density)."""
     from nerfcomp.evaluate import grid_for
-    from nerfcomp.render import RenderSettings
-    from nerfcomp.train import photometric_loss
+    from nerfcomp.train import TrainConfig, train_step
 
     torch.manual_seed(0)
     model = NeRF(NeRFConfig(width=16))
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    cfg = TrainConfig("primitives", steps=steps, batch_rays=128, lr=5e-3, lr_final=5e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g, grid = torch.Generator().manual_seed(0), grid_for(model)
     for _ in range(steps):
-        loss = photometric_loss(model, rays, 128, grid, RenderSettings(), g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(model, opt, rays, grid, cfg, g)
     return model.eval()
 
 
@@ -145,8 +142,8 @@ def test_finetune_decays_the_learning_rate_to_lr_final(monkeypatch):
     from nerfcomp.compress import admm
 
     lrs = []
-    real = admm._set_lr
-    monkeypatch.setattr(admm, "_set_lr", lambda opt, lr: (lrs.append(lr), real(opt, lr)))
+    real = admm.set_lr
+    monkeypatch.setattr(admm, "set_lr", lambda opt, lr: (lrs.append(lr), real(opt, lr)))
     small = compress(NeRF(NeRFConfig(width=16)), CompressionConfig(bits=2))
     finetune_stored(small, lambda m: sum(p.sum() for p in m.buffers()) * 0.0, 4, 1e-3, 1e-5)
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 * 0.01**0.75)

@@ -35,7 +35,7 @@ from nerfcomp.compress.layers import (
 )
 from nerfcomp.evaluate import grid_for, module_device
 from nerfcomp.render import RenderSettings
-from nerfcomp.train import photometric_loss
+from nerfcomp.train import exp_decay, photometric_loss, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def l_step(
     total = 0.0
     for i in range(steps):
         if lr is not None:
-            _set_lr(opt, lr(i))
+            set_lr(opt, lr(i))
         loss = loss_fn(model)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,7 +156,7 @@ def finetune_stored(
     opt = torch.optim.Adam([p for *_, p in leaves] + [b for _, b in biases], lr=lr)
     schedule = _decay(lr, lr if lr_final is None else lr_final, steps)
     for i in range(steps):
-        _set_lr(opt, schedule(i))
+        set_lr(opt, schedule(i))
         for layer, part, st, p in leaves:
             layer._buffers[part] = _dense(st, p)
         for layer, b in biases:
@@ -169,13 +169,8 @@ def finetune_stored(
 
 
 def _decay(lr: float, lr_final: float, steps: int) -> Callable[[int], float]:
-    """Exponential decay: lr at step 0, lr_final at step ``steps``."""
-    return lambda i: lr * (lr_final / lr) ** (i / max(steps, 1))
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
+    """The learning rate of step i: lr at 0, decayed exponentially to lr_final at ``steps``."""
+    return lambda i: exp_decay(lr, lr_final, i, steps)
 
 
 @torch.no_grad()
