@@ -151,6 +151,9 @@ def waterfall(stages: Sequence[Mapping]) -> go.Figure:
 def _setting(p: Mapping) -> str:
     rank = "full" if p.get("rank") in (None, 0) else p["rank"]
     admm = f", ADMM {p['admm_steps']}" if p.get("admm_steps") else ""
+    if p.get("admm_lr"):
+        first, last = p["admm_lr"]
+        admm += f" (lr {first:.0e})" if first == last else f" (lr {first:.0e}→{last:.0e})"
     per_layer = ", ".join(f"{n} {_layer(lc)}" for n, lc in (p.get("layers") or {}).items())
     per_layer = f"<br>per layer: {per_layer}" if per_layer else ""
     return f"{p['bits']} bit, rank {rank}, prune {p.get('prune', 0):.2f}{admm}{per_layer}"

@@ -135,7 +135,8 @@ def sweep_csv(scene):
             f"no sweep table for {scene} yet; compute it with: python -m nerfcomp sweep "
             f"--scene {scene}"
         )
-    cols = ["bits", "rank", "prune", "admm_steps", "layers", "psnr", "ssim", "bytes", "ratio"]
+    cols = ["bits", "rank", "prune", "admm_steps", "admm_lr", "admm_lr_final", "layers"]
+    cols += ["psnr", "ssim", "bytes", "ratio"]
     path = output_path(f"{scene}-rate-distortion.csv")
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -146,7 +147,8 @@ def sweep_csv(scene):
                 f"{n}=" + ",".join(f"{k}:{v}" for k, v in lc.items() if v is not None)
                 for n, lc in overrides
             )
-            w.writerow({**p, "layers": layers})
+            lr, lr_final = p.get("admm_lr") or ("", "")  # the refinement's learning rates
+            w.writerow({**p, "layers": layers, "admm_lr": lr, "admm_lr_final": lr_final})
     return path
 
 

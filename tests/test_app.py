@@ -177,6 +177,15 @@ def test_presets_read_the_sweep_table(client, tmp_path, monkeypatch):
     assert smallest[:4] == (3, "k-means", 32, 0.5)  # smallest with ≥ 25.5 dB
     rows = list(csv.DictReader(open(client.predict(SCENE, api_name="/sweep_csv"))))
     assert [int(r["bytes"]) for r in rows] == [9000, 20000, 80000, 100000, 160000]
+    refined = {**SWEEP["points"][2], "admm_steps": 1000, "admm_lr": [2e-3, 5e-5], "bytes": 70000}
+    (tmp_path / f"{SCENE}.sweep.json").write_text(
+        json.dumps({**SWEEP, "points": [*SWEEP["points"], refined]})
+    )
+    rows = list(csv.DictReader(open(client.predict(SCENE, api_name="/sweep_csv"))))
+    assert [(r["admm_steps"], r["admm_lr"], r["admm_lr_final"]) for r in rows[2:4]] == [
+        ("1000", "0.002", "5e-05"),
+        ("0", "", ""),
+    ]
 
 
 def test_orbit_video(client):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from nerfcomp import tables
-from nerfcomp.compress import sweep
+from nerfcomp.compress import admm, sweep
 from nerfcomp.compress.engine import Engine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,6 +44,27 @@ def test_interrupted_sweep_resumes_without_recomputing(tiny_checkpoint, tmp_path
     assert all(p["bytes"] > 0 and p["ratio"] > 1 for p in table["points"])
 
 
+def test_an_admm_point_of_another_learning_rate_schedule_is_measured_again(
+    tiny_checkpoint, tmp_path
+):
+    engine = Engine("cpu")
+    name = engine.add_upload(tiny_checkpoint, "primitives")
+    out = tmp_path / "t.sweep.json"
+    grid = {"bits": [8], "rank": [None], "prune": [0.0]}
+    run = lambda: sweep.run_sweep(name, out, 1, 2, grid=grid, engine=engine)  # noqa: E731
+    assert run()["computed"] == 2
+    refined = lambda t: [p for p in t["points"] if p["admm_steps"]]  # noqa: E731
+    table = json.loads(out.read_text())
+    assert [p["admm_lr"] for p in refined(table)] == [list(admm.schedule(2))]
+    assert "admm_lr" not in table["points"][0]  # the instant point
+    assert run()["computed"] == 0
+    refined(table)[0].update(admm_lr=[5e-4, 5e-4], psnr=99.0)  # refined with an old schedule
+    out.write_text(json.dumps(table))
+    assert run()["computed"] == 1
+    (point,) = refined(json.loads(out.read_text()))  # replaced, not added
+    assert point["psnr"] != 99.0 and point["admm_lr"] == list(admm.schedule(2))
+
+
 def test_pareto_front():
     pts = [
         {"bytes": 10, "psnr": 20.0},
@@ -80,3 +101,23 @@ def test_smallest_uniform_skips_per_layer_points_and_prefers_the_better_psnr_at_
     assert tables.smallest_uniform(pts, 29.0) == pts[2]
     assert tables.smallest_uniform(pts, 29.0, admm=False) == pts[3]
     assert tables.smallest_uniform(pts, 31.0) is None
+
+
+def test_the_chart_names_the_learning_rate_schedule_of_a_refined_point():
+    from nerfcomp import figures
+
+    refined = {"bits": 4, "rank": None, "prune": 0.0, "psnr": 29.0, "bytes": 50}
+    sweep_table = {
+        "points": [
+            {"bits": 8, "rank": None, "prune": 0.0, "psnr": 30.0, "bytes": 100},
+            {**refined, "admm_steps": 1000, "admm_lr": [2e-3, 5e-5]},
+            {**refined, "admm_steps": 300, "admm_lr": [1e-4, 1e-4]},
+        ]
+    }
+    fig = figures.rate_distortion("s", sweep_table, {"bits": 5, "bytes": 45, "psnr": 28.0},
+                                  {"bytes": 400, "psnr": 31.0})  # fmt: skip
+    (text,) = [list(t.text) for t in fig.data if t.name == "sweep + ADMM"]
+    assert text == [
+        "4 bit, rank full, prune 0.00, ADMM 1000 (lr 2e-03→5e-05)",
+        "4 bit, rank full, prune 0.00, ADMM 300 (lr 1e-04)",
+    ]

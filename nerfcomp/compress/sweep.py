@@ -3,7 +3,9 @@ instant path, then ADMM-refined points along its Pareto frontier.
 
 The table is a JSON file rewritten atomically after every point, so an interrupted sweep
 resumes where it stopped and never recomputes a finished point. Sizes are the bytes of the
-encoded file; PSNR is over all held-out test views.
+encoded file; PSNR is over all held-out test views. An ADMM point records the learning-rate
+schedule it was refined with (``admm_lr``: first and last rate); a point refined with another
+schedule than today's default is measured again, and the new measurement replaces it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 
 from nerfcomp import scenes
+from nerfcomp.compress import admm
 from nerfcomp.compress.config import CompressionConfig
 from nerfcomp.compress.engine import Engine
 from nerfcomp.fileio import atomic_write_bytes
@@ -36,8 +39,19 @@ def sweep_path(scene: str) -> Path:
     return scenes.ASSETS / f"{scene}.sweep.json"
 
 
+def _lr(steps: int) -> list[float] | None:
+    """The learning-rate schedule an ADMM point of ``steps`` steps gets today (None: instant)."""
+    return list(admm.schedule(steps)) if steps else None
+
+
+def _setting(p: dict) -> tuple:
+    """What was compressed: bits, rank, prune, ADMM steps and per-layer overrides."""
+    return (*(p.get(k) for k in KEYS), json.dumps(p.get("layers") or {}, sort_keys=True))
+
+
 def _key(p: dict) -> tuple:
-    return tuple(p.get(k) for k in KEYS)
+    """A point is done when its setting was measured with today's learning-rate schedule."""
+    return (*_setting(p), tuple(p.get("admm_lr") or ()))
 
 
 def _load(path: Path, scene: str, model_sha: str) -> dict:
@@ -59,7 +73,8 @@ def _load(path: Path, scene: str, model_sha: str) -> dict:
 
 def _measure(engine: Engine, scene: str, cfg: CompressionConfig) -> dict:
     r = engine.readout(scene, cfg)
-    return {k: r[k] for k in (*KEYS, "psnr", "ssim", "bytes", "ratio")}
+    point = {k: r[k] for k in (*KEYS, "psnr", "ssim", "bytes", "ratio")}
+    return {**point, "admm_lr": _lr(cfg.admm_steps)} if cfg.admm_steps else point
 
 
 def run_sweep(
@@ -103,13 +118,15 @@ def run_sweep(
 
 
 def _run(engine: Engine, scene: str, cfgs: list, table: dict, done: set, path: Path) -> int:
-    """Measure each config not yet in the table, saving the table after each point."""
+    """Measure each config not yet in the table (or measured with another learning-rate
+    schedule: that point is replaced), saving the table after each point."""
     computed = 0
     for cfg in cfgs:
-        if _key(cfg.to_dict()) in done:
+        if _key({**cfg.to_dict(), "admm_lr": _lr(cfg.admm_steps)}) in done:
             continue
         point = _measure(engine, scene, cfg)
-        table["points"].append(point)
+        stale = _setting(point)
+        table["points"] = [p for p in table["points"] if _setting(p) != stale] + [point]
         done.add(_key(point))
         atomic_write_bytes(path, json.dumps(table, indent=1).encode())
         computed += 1
