@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--admm-rounds",
         type=int,
         default=3,
-        help="with --admm-steps and a PSNR target: refined allocations tried (default 3)",
+        help="with --admm-steps: refined allocations tried at most (default 3); for a byte "
+        "target, another only when a refined file came out over the budget",
     )
     a.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     a.add_argument("--checkpoint", default=None, help="a NeRF checkpoint instead of the scene's")

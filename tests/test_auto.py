@@ -96,3 +96,25 @@ def test_auto_stops_when_cancelled(tiny):
     cancel.set()
     with pytest.raises(ValueError, match="cancelled"):  # in the table or in ADMM, whichever
         e.auto(name, target_psnr_drop=2.0, admm_steps=50, cancel=cancel)
+
+
+def test_a_refined_file_over_its_byte_budget_is_refined_again_with_less(tiny, monkeypatch):
+    from nerfcomp.compress import auto
+
+    e, name = tiny
+    budget = e.compress(name, CompressionConfig(bits=4)).bytes
+    real, limits = auto._Search.verify, []
+
+    def verify(self, choice, limit, admm_steps=0):
+        row = real(self, choice, limit, admm_steps)
+        if admm_steps:
+            limits.append(limit)
+            if len(limits) == 1:
+                row["bytes"] = budget + 500  # ADMM made the indices compress worse
+        return row
+
+    monkeypatch.setattr(auto._Search, "verify", verify)
+    found = e.auto(name, target_bytes=budget, admm_steps=2)
+    assert len(limits) == 2 and limits[1] <= limits[0] - 500
+    assert found.met and found.bytes <= budget and found.config.admm_steps == 2
+    assert found.bytes == e.compress(name, found.config).bytes
